@@ -1,0 +1,40 @@
+//! # damro
+//!
+//! DAMRO ("Dive into the Attention Mechanism of LVLM to Reduce Object
+//! hallucination", EMNLP 2024) decoding for large vision-language models on
+//! libtorch. This facade ties the workspace crates together:
+//!
+//! - [`nn`]: checkpoint loading and shared layers,
+//! - [`vision`]: ViT encoders with [CLS] attention, Q-Former, projectors,
+//!   image preprocessing,
+//! - [`llm`]: the LLaMA decoder with an external KV cache, tokenizers and
+//!   prompt templates,
+//! - [`outlier`]: outlier-token selection and the paper's analysis metrics,
+//! - [`sampler`]: the contrastive sampler.
+
+pub use damro_llm as llm;
+pub use damro_nn as nn;
+pub use damro_outlier as outlier;
+pub use damro_sampler as sampler;
+pub use damro_vision as vision;
+
+/// Version of this crate.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Version of the libtorch the workspace was built against, as its install
+/// reports it (`unknown` when it could not be read at build time).
+pub const LIBTORCH_VERSION: &str = env!("DAMRO_LIBTORCH_VERSION");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn libtorch_version_is_the_one_tch_binds() {
+        // tch 0.26 binds libtorch 2.13; a different install would fail to
+        // link or crash, so the version recorded at build time must match.
+        assert!(
+            super::LIBTORCH_VERSION.starts_with("2.13."),
+            "built against libtorch {}",
+            super::LIBTORCH_VERSION
+        );
+    }
+}
