@@ -1,7 +1,7 @@
 //! Multi-head attention helpers over libtorch's fused
 //! `scaled_dot_product_attention`.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
@@ -73,4 +73,124 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: AttentionOptions<'_>)
         opts.scale,
         opts.gqa,
     )?)
+}
+
+/// Which attention kernel a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionImpl {
+    /// libtorch's fused `scaled_dot_product_attention` ([`attention`]).
+    #[default]
+    Sdpa,
+    /// HF transformers' eager order of operations ([`eager_attention`]):
+    /// slower, but reproduces references computed with
+    /// `attn_implementation="eager"` to the last bit.
+    Eager,
+}
+
+/// Attention by the chosen kernel; both take the same options.
+///
+/// # Shapes
+/// as [`attention`]
+pub fn attention_with(
+    implementation: AttentionImpl,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: AttentionOptions<'_>,
+) -> Result<Tensor> {
+    match implementation {
+        AttentionImpl::Sdpa => attention(q, k, v, opts),
+        AttentionImpl::Eager => eager_attention(q, k, v, opts),
+    }
+}
+
+/// Attention written out as HF's `eager_attention_forward` computes it:
+/// `w = (q kᵀ) * scale`, masked positions set to the dtype's lowest value
+/// (causal: above the diagonal, top-left aligned), `softmax(w)` in f32 cast
+/// back, `w v`. Key/value heads are repeated for grouped-query attention.
+///
+/// # Shapes
+/// as [`attention`]
+pub fn eager_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: AttentionOptions<'_>,
+) -> Result<Tensor> {
+    let q_size = q.size();
+    let [_, heads, q_len, d] = q_size[..] else {
+        return Err(Error::shape(
+            "attention query",
+            "[batch, heads, q_len, d]",
+            q_size,
+        ));
+    };
+    let kv_heads = k.size().get(1).copied().unwrap_or(0);
+    let (k, v) = if opts.gqa && kv_heads > 0 && kv_heads != heads {
+        let groups = heads / kv_heads;
+        (
+            k.f_repeat_interleave_self_int(groups, 1, None)?,
+            v.f_repeat_interleave_self_int(groups, 1, None)?,
+        )
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut w = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_mul_scalar(scale)?;
+    let lowest = match w.kind() {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_389_251_535e38,
+        Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
+    };
+    if opts.causal {
+        let k_len = k.size()[2];
+        let above = Tensor::f_ones([q_len, k_len], (Kind::Bool, w.device()))?.f_triu(1)?;
+        w = w.f_masked_fill(&above, lowest)?;
+    }
+    if let Some(mask) = opts.mask {
+        w = if mask.kind() == Kind::Bool {
+            w.f_masked_fill(&mask.f_logical_not()?, lowest)?
+        } else {
+            w.f_add(mask)?
+        };
+    }
+    let w = w.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+    Ok(w.f_matmul(&v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eager_matches_fused() {
+        tch::manual_seed(0);
+        let q = Tensor::randn([2, 4, 5, 8], (Kind::Float, tch::Device::Cpu));
+        let k = Tensor::randn([2, 2, 7, 8], (Kind::Float, tch::Device::Cpu));
+        let v = Tensor::randn([2, 2, 7, 8], (Kind::Float, tch::Device::Cpu));
+        let mask = Tensor::randn([2, 1, 1, 7], (Kind::Float, tch::Device::Cpu)).gt(-1.0);
+        for opts in [
+            AttentionOptions {
+                gqa: true,
+                ..Default::default()
+            },
+            AttentionOptions {
+                gqa: true,
+                causal: true,
+                ..Default::default()
+            },
+            AttentionOptions {
+                gqa: true,
+                mask: Some(&mask),
+                scale: Some(0.3),
+                ..Default::default()
+            },
+        ] {
+            let fused = attention(&q, &k, &v, opts).unwrap();
+            let eager = eager_attention(&q, &k, &v, opts).unwrap();
+            let err = (fused - eager).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "{opts:?}: {err}");
+        }
+    }
 }

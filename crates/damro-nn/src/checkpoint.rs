@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -229,7 +229,21 @@ impl Checkpoint {
         } else {
             Tensor::f_from_data_size(bytes, &shape, disk_kind)?
         };
-        Ok(on_cpu.f_to_device_(device, target, false, true)?)
+        let loaded = on_cpu.f_to_device_(device, target, false, true)?;
+        drop(on_cpu);
+        // The copy is done: unmap the file pages just read, so they stop
+        // counting towards this process's resident memory (they stay in the
+        // page cache). Without this, loading a whole checkpoint peaks at
+        // twice its size (the copies plus the mapped file).
+        // SAFETY: the map is a read-only file mapping and no tensor views it
+        // any more (`on_cpu` was a copy source only); dropped pages are
+        // read again from the file if touched later. The advice is only a
+        // hint, so its failure is ignored.
+        let _ = unsafe {
+            file.mmap
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+        };
+        Ok(loaded)
     }
 }
 

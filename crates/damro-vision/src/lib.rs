@@ -1,0 +1,40 @@
+//! The vision side of damro-rs: the image encoders of LLaVA-1.5 and
+//! InstructBLIP with what DAMRO needs from them.
+//!
+//! - [`clip`]: the CLIP vision tower (LLaVA-1.5) with the hidden state of any
+//!   layer and DAMRO's full-width `[CLS]` attention.
+//! - [`eva`]: the BLIP-2 / EVA vision tower (InstructBLIP) with DAMRO's
+//!   head-averaged `[CLS]` attention.
+//! - [`qformer`] and [`qformer_tokenizer`]: InstructBLIP's Q-Former and its
+//!   BERT tokenizer.
+//! - [`projector`]: LLaVA's `multi_modal_projector` and InstructBLIP's
+//!   `language_projection`.
+//! - [`llava`] and [`instructblip`]: each model's vision side loaded from a
+//!   HuggingFace model directory, ready for the facade.
+//! - [`config`]: the configs, as written in `config.json` and validated.
+//!
+//! Tensor layouts and numerics follow HF transformers 5.23; the `[CLS]`
+//! attention forms follow the DAMRO authors' code (EMNLP 2024,
+//! arXiv 2410.04514).
+
+pub mod clip;
+pub mod config;
+mod error;
+pub mod eva;
+pub mod instructblip;
+pub mod llava;
+pub mod preprocess;
+pub mod projector;
+pub mod qformer;
+pub mod qformer_tokenizer;
+pub mod vit;
+
+pub use clip::{ClipOutput, ClipRequest, ClipVisionTower};
+pub use config::{ClipVisionConfig, EvaVisionConfig, QFormerConfig};
+pub use error::{Error, Result};
+pub use eva::{EvaOutput, EvaVisionTower};
+pub use instructblip::{InstructBlipConfig, InstructBlipImageFeatures, InstructBlipVision};
+pub use llava::{FeatureSelectStrategy, LlavaConfig, LlavaImageFeatures, LlavaVision};
+pub use projector::{LanguageProjection, LlavaProjector, LlavaProjectorConfig};
+pub use qformer::QFormer;
+pub use qformer_tokenizer::{QFormerInput, QFormerTokenizer};

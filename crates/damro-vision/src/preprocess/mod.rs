@@ -1,0 +1,112 @@
+//! Image preprocessing equal to the HF processors of LLaVA-1.5 (CLIP) and
+//! InstructBLIP (BLIP), driven by `preprocessor_config.json`.
+//!
+//! Tiny pixel differences flip model outputs, so every step reproduces a
+//! reference exactly rather than approximately:
+//! - [`pil_bicubic`]: a port of Pillow's bicubic `ImagingResample`
+//!   (`Resample.c`), bit for bit on 8-bit RGB;
+//! - [`convert`]: RGB conversion of RGBA / LA / grey / palette / 16-bit
+//!   input as PIL and HF transformers 5.23's `convert_to_rgb` do it;
+//! - [`transforms`]: HF's output-size rule, pad-to-square, centre crop,
+//!   and the rescale/normalise arithmetic of both HF backends;
+//! - [`config`]: the config file and its validated form;
+//! - [`processor`]: [`ImageProcessor`], the pipeline and its entry points.
+//!
+//! ```no_run
+//! use damro_vision::preprocess::{ImageProcessor, PreprocessorConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let processor = ImageProcessor::new(PreprocessorConfig::llava_1_5());
+//! let pixel_values = processor.preprocess_path("cat.png")?; // [1, 3, 336, 336]
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+
+pub mod config;
+pub mod convert;
+pub mod pil_bicubic;
+pub mod processor;
+pub mod transforms;
+
+pub use config::{
+    CropSize, Normalize, PreprocessorConfig, PreprocessorConfigFile, ProcessorKind, ResizeTarget,
+};
+pub use convert::{AlphaMode, PngHeader, to_rgb8};
+pub use pil_bicubic::{PillowVersion, resize_bicubic, resize_bicubic_as};
+pub use processor::{
+    ImageInput, ImageProcessor, PadToSquare, PixelValues, ProcessorOptions, Resampler,
+    resize_torchvision,
+};
+
+/// Errors of the preprocessing module.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    /// An image could not be decoded.
+    #[error("cannot decode image {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: image::ImageError,
+    },
+    /// An image or a requested size with a zero side.
+    #[error("image size {width}x{height} has a zero side")]
+    EmptyImage { width: u32, height: u32 },
+    /// A step would produce more than [`processor::MAX_PIXELS`] pixels.
+    #[error("image size {width}x{height} is too large")]
+    TooLarge { width: u32, height: u32 },
+    /// A pixel format PIL never produces from an image file.
+    #[error("unsupported pixel format {0}")]
+    UnsupportedPixelFormat(String),
+    /// `do_convert_rgb` is off and the image is not 8-bit RGB.
+    #[error("do_convert_rgb is false but the image is {0}, not 8-bit RGB")]
+    NotRgb(String),
+    /// A raw RGB buffer of the wrong length.
+    #[error("RGB buffer for {width}x{height} needs {expected} bytes, got {actual}")]
+    RgbBufferSize {
+        width: u32,
+        height: u32,
+        expected: usize,
+        actual: usize,
+    },
+    /// One image of a batch failed.
+    #[error("batch image {index}: {source}")]
+    InBatch {
+        index: usize,
+        #[source]
+        source: Box<PreprocessError>,
+    },
+    /// Batch images that come out at different sizes.
+    #[error("batch image {index} is {actual:?} (height, width) but image 0 is {expected:?}")]
+    BatchSizeMismatch {
+        index: usize,
+        expected: (usize, usize),
+        actual: (usize, usize),
+    },
+    /// A batch with no images.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// The config file is not valid JSON of the expected shape.
+    #[error("cannot parse preprocessor config: {0}")]
+    ConfigParse(String),
+    /// A config field with a bad value.
+    #[error("preprocessor config field `{field}`: {message}")]
+    InvalidConfig {
+        field: &'static str,
+        message: String,
+    },
+    /// An `image_processor_type` other than CLIP, LLaVA or BLIP.
+    #[error("unsupported image_processor_type {0}")]
+    UnsupportedProcessor(String),
+    /// A `resample` other than bicubic (3).
+    #[error("unsupported resample {0}: only bicubic (3) is implemented")]
+    UnsupportedResample(u32),
+    /// libtorch failed (torchvision-mode resize, tensor creation).
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result of the preprocessing module.
+pub type Result<T> = std::result::Result<T, PreprocessError>;
