@@ -11,6 +11,27 @@
 //!   prompt templates,
 //! - [`outlier`]: outlier-token selection and the paper's analysis metrics,
 //! - [`sampler`]: the contrastive sampler.
+//!
+//! On top of them: the [`DamroDecoder`] trait (what a model provides), one
+//! generation loop over it ([`generate`]), and the adapters
+//! [`LlavaDecoder`] (LLaVA-1.5) and [`InstructBlipDecoder`] (InstructBLIP).
+
+mod common;
+pub mod decoder;
+mod error;
+pub mod generate;
+pub mod instructblip;
+pub mod llava;
+
+pub use common::ModelOptions;
+pub use decoder::{Branches, DamroDecoder, ImageSource, Request, VisualTokens};
+pub use error::{Error, Result};
+pub use generate::{
+    BranchExecution, DamroSettings, FinishReason, Generation, GenerationConfig, Limit, Mode,
+    TokenEvent, generate, generate_streaming,
+};
+pub use instructblip::{Indexing, InstructBlipDecoder};
+pub use llava::LlavaDecoder;
 
 pub use damro_llm as llm;
 pub use damro_nn as nn;

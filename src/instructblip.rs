@@ -1,0 +1,228 @@
+//! The InstructBLIP adapter (`Salesforce/instructblip-vicuna-7b`
+//! directories).
+//!
+//! Both branches run the Q-Former with the same query tokens and the same
+//! instruction text; the full branch over all 257 image tokens, the outlier
+//! branch over the k tokens gathered at the top-k patches by DAMRO's
+//! head-averaged [CLS] attention of encoder layer −2. By default the
+//! tokens are gathered as the reference does ([`Indexing::Reference`]: one
+//! position before each outlier, because the vision output still holds
+//! [CLS] at row 0), which is what the published numbers used;
+//! [`Indexing::Corrected`] gathers the outlier patches themselves.
+//!
+//! Output follows the reference too: the new tokens are decoded after a
+//! prepended BOS (2 when `text_config.architectures[0]` is exactly
+//! `"LLaMAForCausalLM"`, else `text_config.bos_token_id`), special tokens
+//! skipped, surrounding whitespace stripped; BOS and EOS for generation
+//! come from the tokenizer files, since the checkpoint's `text_config`
+//! states them wrongly.
+
+use std::path::Path;
+
+use damro_llm::{Llama, LlamaTokenizer};
+use damro_nn::{Checkpoint, KeyMap, Weights};
+use damro_outlier::{OutlierOrder, TokenIndexing, gather_tokens, select_outliers};
+use damro_vision::preprocess::ImageProcessor;
+use damro_vision::{InstructBlipConfig, InstructBlipVision, QFormerTokenizer};
+use tch::{Device, Tensor};
+
+use crate::common::{
+    ModelOptions, check_model_dir, embed_new_tokens, forward_rows, load_language_model,
+    pixel_values, to_i64, to_u32,
+};
+use crate::{Branches, DamroDecoder, Error, Request, Result, VisualTokens};
+
+/// Which vision-output rows the outlier patch indices address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Indexing {
+    /// `image_embeds[:, idx]`, as the reference code gathers (the token one
+    /// before each outlier patch; patch 0 maps to [CLS]).
+    #[default]
+    Reference,
+    /// `image_embeds[:, idx + 1]`: the outlier patches themselves.
+    Corrected,
+}
+
+/// InstructBLIP behind [`DamroDecoder`].
+#[derive(Debug)]
+pub struct InstructBlipDecoder {
+    vision: InstructBlipVision,
+    llm: Llama,
+    tokenizer: LlamaTokenizer,
+    qformer_tokenizer: QFormerTokenizer,
+    processor: ImageProcessor,
+    options: ModelOptions,
+    indexing: Indexing,
+    decode_bos: Option<u32>,
+}
+
+/// The BOS the reference prepends before decoding.
+fn decode_bos(text_config: &serde_json::Value) -> Option<u32> {
+    let arch = text_config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str());
+    if arch == Some("LLaMAForCausalLM") {
+        return Some(2);
+    }
+    // LlamaConfig's default bos_token_id is 1.
+    match text_config.get("bos_token_id") {
+        None => Some(1),
+        Some(v) => v.as_u64().and_then(|b| u32::try_from(b).ok()),
+    }
+}
+
+impl InstructBlipDecoder {
+    /// Loads an InstructBLIP model directory.
+    pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        check_model_dir(dir)?;
+        let config = InstructBlipConfig::from_dir(dir)?;
+        let root = Weights::new(Checkpoint::open(dir, &KeyMap::identity())?, options.load_options())?;
+        let vision = InstructBlipVision::load_from(&root, &config)?;
+        let llm = load_language_model(&root, &config.text_config)?;
+        root.finish()?;
+        Ok(Self {
+            vision,
+            llm,
+            tokenizer: LlamaTokenizer::from_dir(dir, options.tokenizer)?,
+            qformer_tokenizer: QFormerTokenizer::from_model_dir(dir)?,
+            processor: ImageProcessor::from_model_dir(dir)?,
+            options,
+            indexing: Indexing::default(),
+            decode_bos: decode_bos(&config.text_config),
+        })
+    }
+
+    /// Chooses how outlier tokens are gathered (default: as the reference).
+    pub fn with_indexing(mut self, indexing: Indexing) -> Self {
+        self.indexing = indexing;
+        self
+    }
+
+    /// The image processor (from `preprocessor_config.json`).
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// The LLM tokenizer.
+    pub fn tokenizer(&self) -> &LlamaTokenizer {
+        &self.tokenizer
+    }
+
+    /// The vision side (vision tower, Q-Former, projection).
+    pub fn vision(&self) -> &InstructBlipVision {
+        &self.vision
+    }
+
+    /// The language model.
+    pub fn language_model(&self) -> &Llama {
+        &self.llm
+    }
+
+    /// [CLS] attention `[1, 256]` (f32) of a request's image, for heatmaps.
+    pub fn cls_attention(&self, request: &Request) -> Result<Tensor> {
+        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
+        self.vision
+            .encode_image(&pixels)?
+            .cls_attention
+            .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
+    }
+}
+
+impl DamroDecoder for InstructBlipDecoder {
+    type Cache = damro_llm::KvCache;
+
+    fn device(&self) -> Device {
+        self.options.device
+    }
+
+    fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
+        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
+        let prompt = request.template.render(&request.question);
+        let text = prompt.qformer.as_deref().unwrap_or(&request.question);
+        let text = self.qformer_tokenizer.encode(text, self.options.device)?;
+        let image = self.vision.encode_image(&pixels)?;
+        let full = self.vision.image_prefix(&image.last_hidden_state, &text)?;
+        let (outlier, outlier_indices) = match outlier_k {
+            None => (None, Vec::new()),
+            Some(k) => {
+                let attention = image
+                    .cls_attention
+                    .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))?;
+                let outliers = select_outliers(&attention, k, OutlierOrder::ByScore)?;
+                let indexing = match self.indexing {
+                    Indexing::Reference => TokenIndexing::ClsFirstReference,
+                    Indexing::Corrected => TokenIndexing::ClsFirstCorrected,
+                };
+                let gathered = gather_tokens(&image.last_hidden_state, &outliers, indexing)?;
+                let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+                (Some(self.vision.image_prefix(&gathered, &text)?), indices)
+            }
+        };
+        Ok(VisualTokens {
+            full,
+            outlier,
+            outlier_indices,
+        })
+    }
+
+    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches> {
+        let prompt = request.template.render(&request.question);
+        let ids = to_i64(&self.tokenizer.encode(&prompt.llm)?);
+        let ids_t = Tensor::f_from_slice(&ids)?
+            .f_to_device(self.options.device)?
+            .f_unsqueeze(0)?;
+        let text = self.llm.embed(&ids_t)?;
+        let prefixed = |prefix: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[prefix, &text], 1)?) };
+        Ok(Branches {
+            full: prefixed(&visual.full)?,
+            outlier: visual.outlier.as_ref().map(prefixed).transpose()?,
+            prompt_ids: ids,
+        })
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        embed_new_tokens(&self.llm, ids)
+    }
+
+    fn new_cache(&self, rows: i64, capacity: i64) -> Result<Self::Cache> {
+        Ok(self.llm.new_cache(rows, capacity)?)
+    }
+
+    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache) -> Result<Tensor> {
+        forward_rows(&self.llm, embeds, row_lengths, cache)
+    }
+
+    fn stop_ids(&self) -> Vec<i64> {
+        self.tokenizer
+            .special_tokens()
+            .eos
+            .as_ref()
+            .map(|t| vec![i64::from(t.id)])
+            .unwrap_or_default()
+    }
+
+    fn decode(&self, new_ids: &[i64]) -> Result<String> {
+        let mut ids = Vec::with_capacity(new_ids.len() + 1);
+        ids.extend(self.decode_bos);
+        ids.extend(to_u32(new_ids)?);
+        Ok(self.tokenizer.decode(&ids)?.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_bos;
+    use serde_json::json;
+
+    #[test]
+    fn decode_bos_follows_the_reference_rule() {
+        // The exact old spelling selects 2, whatever the config says.
+        assert_eq!(decode_bos(&json!({"architectures": ["LLaMAForCausalLM"], "bos_token_id": 0})), Some(2));
+        // Any other spelling uses the config's id ...
+        assert_eq!(decode_bos(&json!({"architectures": ["LlamaForCausalLM"], "bos_token_id": 0})), Some(0));
+        // ... or LlamaConfig's default 1 when it is absent.
+        assert_eq!(decode_bos(&json!({"architectures": ["LlamaForCausalLM"]})), Some(1));
+    }
+}
