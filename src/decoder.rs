@@ -109,10 +109,35 @@ pub struct Branches {
     pub outlier: Option<Tensor>,
 }
 
+/// A language-model KV cache the generation loop can batch.
+pub trait BranchCache: Sized {
+    /// Number of columns (tokens, padding included) held.
+    fn len(&self) -> i64;
+
+    /// Whether the cache holds no tokens.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Joins caches into one batch (rows of `caches[0]` first), shorter ones
+    /// left-padded, with room for `capacity` columns.
+    fn stack(caches: &[&Self], capacity: i64) -> Result<Self>;
+}
+
+impl BranchCache for damro_llm::KvCache {
+    fn len(&self) -> i64 {
+        damro_llm::KvCache::len(self)
+    }
+
+    fn stack(caches: &[&Self], capacity: i64) -> Result<Self> {
+        Ok(damro_llm::KvCache::stack(caches, capacity)?)
+    }
+}
+
 /// What an LVLM provides to run DAMRO (see the module docs).
 pub trait DamroDecoder {
-    /// The language model's KV cache.
-    type Cache;
+    /// The language model's KV cache ([`damro_llm::KvCache`] for a LLaMA).
+    type Cache: BranchCache;
 
     /// The device the model runs on.
     fn device(&self) -> Device;

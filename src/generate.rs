@@ -18,7 +18,7 @@ use damro_sampler::{
 };
 use tch::Tensor;
 
-use crate::{DamroDecoder, Error, Request, Result};
+use crate::{BranchCache, DamroDecoder, Error, Request, Result};
 
 /// DAMRO's settings: the contrast parameters and the outlier count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -245,8 +245,8 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
     let mut sampler = Sampler::new(contrast, choice).with_processors(config.processors.clone());
 
     // Prefill.
-    let mut branches = Branches::new(decoder, &full, &outlier, config.branches, steps)?;
-    let mut logits = branches.prefill(decoder, &full, &outlier)?;
+    let (mut branches, mut logits) =
+        BranchCaches::prefill(decoder, &full, &outlier, config.branches, steps)?;
 
     for step in 0..steps {
         for row in rows.iter_mut() {
@@ -345,7 +345,7 @@ fn history(rows: &[Row], device: tch::Device) -> Result<Tensor> {
 }
 
 /// The caches of the branches and how they are stepped.
-enum Branches<C> {
+enum BranchCaches<C> {
     /// Plain decoding: the full rows only.
     Plain(C),
     /// Full rows then outlier rows in one cache.
@@ -356,54 +356,41 @@ enum Branches<C> {
 
 type StepOut = (Tensor, Option<Tensor>);
 
-impl<C> Branches<C> {
-    fn new<D: DamroDecoder<Cache = C> + ?Sized>(
+impl<C: BranchCache> BranchCaches<C> {
+    /// Runs the prompts of both branches and returns the caches with the
+    /// first logits. Each branch is prefilled on its own (so the short
+    /// outlier rows are not padded to the full rows' length); for batched
+    /// execution the two caches are then joined into one.
+    fn prefill<D: DamroDecoder<Cache = C> + ?Sized>(
         decoder: &D,
         full: &[Tensor],
         outlier: &[Tensor],
         execution: BranchExecution,
         steps: usize,
-    ) -> Result<Self> {
-        let longest = |rows: &[Tensor]| rows.iter().map(|t| t.size()[0]).max().unwrap_or(0);
+    ) -> Result<(Self, StepOut)> {
         let room = steps as i64;
-        let n = full.len() as i64;
-        Ok(if outlier.is_empty() {
-            Branches::Plain(decoder.new_cache(n, longest(full) + room)?)
-        } else {
-            match execution {
-                BranchExecution::Batched => Branches::Batched(
-                    decoder.new_cache(2 * n, longest(full).max(longest(outlier)) + room)?,
-                ),
-                BranchExecution::Sequential => Branches::Sequential(
-                    decoder.new_cache(n, longest(full) + room)?,
-                    decoder.new_cache(n, longest(outlier) + room)?,
-                ),
+        let run = |rows: &[Tensor]| -> Result<(C, Tensor)> {
+            let refs: Vec<&Tensor> = rows.iter().collect();
+            let (embeds, lengths) = damro_llm::left_pad(&refs)?;
+            let longest = embeds.size()[1];
+            let mut cache = decoder.new_cache(rows.len() as i64, longest + room)?;
+            let logits = decoder.forward(&embeds, &lengths, &mut cache)?;
+            Ok((cache, logits))
+        };
+        let (cache_full, logits_full) = run(full)?;
+        if outlier.is_empty() {
+            return Ok((BranchCaches::Plain(cache_full), (logits_full, None)));
+        }
+        let (cache_outlier, logits_outlier) = run(outlier)?;
+        let logits = (logits_full, Some(logits_outlier));
+        Ok(match execution {
+            BranchExecution::Sequential => (BranchCaches::Sequential(cache_full, cache_outlier), logits),
+            BranchExecution::Batched => {
+                let len = cache_full.len().max(cache_outlier.len());
+                let joined = C::stack(&[&cache_full, &cache_outlier], len + room)?;
+                (BranchCaches::Batched(joined), logits)
             }
         })
-    }
-
-    fn prefill<D: DamroDecoder<Cache = C> + ?Sized>(
-        &mut self,
-        decoder: &D,
-        full: &[Tensor],
-        outlier: &[Tensor],
-    ) -> Result<StepOut> {
-        let run = |rows: Vec<&Tensor>, cache: &mut C| -> Result<Tensor> {
-            let (embeds, lengths) = damro_llm::left_pad(&rows)?;
-            decoder.forward(&embeds, &lengths, cache)
-        };
-        let n = full.len() as i64;
-        match self {
-            Branches::Plain(cache) => Ok((run(full.iter().collect(), cache)?, None)),
-            Branches::Batched(cache) => {
-                let logits = run(full.iter().chain(outlier).collect(), cache)?;
-                Ok((logits.f_narrow(0, 0, n)?, Some(logits.f_narrow(0, n, n)?)))
-            }
-            Branches::Sequential(cf, co) => Ok((
-                run(full.iter().collect(), cf)?,
-                Some(run(outlier.iter().collect(), co)?),
-            )),
-        }
     }
 
     fn step<D: DamroDecoder<Cache = C> + ?Sized>(
@@ -414,16 +401,16 @@ impl<C> Branches<C> {
         let n = ids.size()[0];
         let embeds = decoder.embed_tokens(ids)?;
         match self {
-            Branches::Plain(cache) => Ok((
+            BranchCaches::Plain(cache) => Ok((
                 decoder.forward(&embeds, &vec![1; n as usize], cache)?,
                 None,
             )),
-            Branches::Batched(cache) => {
+            BranchCaches::Batched(cache) => {
                 let both = Tensor::f_cat(&[&embeds, &embeds], 0)?;
                 let logits = decoder.forward(&both, &vec![1; 2 * n as usize], cache)?;
                 Ok((logits.f_narrow(0, 0, n)?, Some(logits.f_narrow(0, n, n)?)))
             }
-            Branches::Sequential(cf, co) => {
+            BranchCaches::Sequential(cf, co) => {
                 let ones = vec![1; n as usize];
                 Ok((
                     decoder.forward(&embeds, &ones, cf)?,

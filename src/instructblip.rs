@@ -120,11 +120,11 @@ impl InstructBlipDecoder {
         &self.llm
     }
 
-    /// [CLS] attention `[1, 256]` (f32) of a request's image, for heatmaps.
-    pub fn cls_attention(&self, request: &Request) -> Result<Tensor> {
-        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
+    /// DAMRO's [CLS] scores `[1, 256]` (f32) of preprocessed pixels
+    /// `[1, 3, 224, 224]` on the model's device and dtype.
+    pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
         self.vision
-            .encode_image(&pixels)?
+            .encode_image(pixels)?
             .cls_attention
             .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
     }

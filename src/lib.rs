@@ -16,6 +16,7 @@
 //! generation loop over it ([`generate`]), and the adapters
 //! [`LlavaDecoder`] (LLaVA-1.5) and [`InstructBlipDecoder`] (InstructBLIP).
 
+pub mod auto;
 mod common;
 pub mod decoder;
 mod error;
@@ -23,8 +24,9 @@ pub mod generate;
 pub mod instructblip;
 pub mod llava;
 
+pub use auto::AutoDecoder;
 pub use common::ModelOptions;
-pub use decoder::{Branches, DamroDecoder, ImageSource, Request, VisualTokens};
+pub use decoder::{BranchCache, Branches, DamroDecoder, ImageSource, Request, VisualTokens};
 pub use error::{Error, Result};
 pub use generate::{
     BranchExecution, DamroSettings, FinishReason, Generation, GenerationConfig, Limit, Mode,

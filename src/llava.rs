@@ -88,10 +88,10 @@ impl LlavaDecoder {
         &self.llm
     }
 
-    /// [CLS] attention `[1, 576]` (f32) of a request's image, for heatmaps.
-    pub fn cls_attention(&self, request: &Request) -> Result<Tensor> {
-        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
-        let (_, attention) = self.vision.features(&pixels)?;
+    /// DAMRO's [CLS] scores `[1, 576]` (f32) of preprocessed pixels
+    /// `[1, 3, 336, 336]` on the model's device and dtype.
+    pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (_, attention) = self.vision.features(pixels)?;
         attention.ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
     }
 

@@ -1,0 +1,430 @@
+//! The LLaMA / Vicuna decoder behind LLaVA-1.5 and InstructBLIP-Vicuna.
+//!
+//! Follows transformers 5.23's `models/llama/modeling_llama.py`: pre-norm
+//! decoder layers (RMS norm, self-attention with RoPE and grouped-query
+//! heads, RMS norm, SwiGLU MLP), a final RMS norm and a tied or untied
+//! `lm_head`. Attention runs through libtorch's fused SDPA with a boolean
+//! mask built from the cache's padding mask and causality.
+//!
+//! The model takes input embeddings, so a caller can splice visual tokens
+//! in ([`Llama::embed`] turns token ids into embeddings), and runs on a
+//! [`KvCache`] owned by the caller. Logits are computed only where asked
+//! ([`LogitsAt`]), never for a whole prefill unless requested.
+
+use damro_nn::attention::{
+    AttentionImpl, AttentionOptions, attention_with, merge_heads, split_heads,
+};
+use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights};
+use tch::{Kind, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::kv_cache::{CacheShape, KvCache, StepMask};
+use crate::rope::{RotaryEmbedding, apply_rotary};
+use crate::{Error, Result};
+
+/// Which positions of a step get logits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogitsAt {
+    /// The last column only (what generation needs); with left padding the
+    /// last column is real for every row.
+    Last,
+    /// Every column of the step.
+    All,
+    /// These columns of the step (0-based within the step).
+    Columns(Vec<i64>),
+}
+
+/// The input of one forward step: embeddings, optionally left-padded.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// `[batch, step, hidden]`, in the model's dtype and on its device.
+    pub embeds: &'a Tensor,
+    /// Real tokens per row (the last ones of the step; the rest is left
+    /// padding). `None`: every column is real.
+    pub row_lengths: Option<&'a [i64]>,
+}
+
+impl<'a> Input<'a> {
+    /// Every column of every row is a real token.
+    pub fn new(embeds: &'a Tensor) -> Self {
+        Self {
+            embeds,
+            row_lengths: None,
+        }
+    }
+
+    /// Rows left-padded to a common length (see [`crate::left_pad`]).
+    pub fn left_padded(embeds: &'a Tensor, row_lengths: &'a [i64]) -> Self {
+        Self {
+            embeds,
+            row_lengths: Some(row_lengths),
+        }
+    }
+}
+
+impl<'a> From<&'a Tensor> for Input<'a> {
+    fn from(embeds: &'a Tensor) -> Self {
+        Self::new(embeds)
+    }
+}
+
+/// SwiGLU feed-forward: `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    pub act: Activation,
+}
+
+impl Mlp {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: Linear::load(&w.pp("gate_proj"), h, i, bias)?,
+            up_proj: Linear::load(&w.pp("up_proj"), h, i, bias)?,
+            down_proj: Linear::load(&w.pp("down_proj"), i, h, bias)?,
+            act: cfg.hidden_act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> damro_nn::Result<Tensor> {
+        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
+        self.down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(xs)?)?)
+    }
+}
+
+/// Multi-head self-attention with RoPE and grouped-query heads.
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    heads: i64,
+    kv_heads: i64,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: Linear::load(&w.pp("q_proj"), h, q, bias)?,
+            k_proj: Linear::load(&w.pp("k_proj"), h, kv, bias)?,
+            v_proj: Linear::load(&w.pp("v_proj"), h, kv, bias)?,
+            o_proj: Linear::load(&w.pp("o_proj"), q, h, bias)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            scale: (cfg.head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// # Shapes
+    /// xs `[batch, step, hidden]`, cos/sin `[batch, step, head_dim]` →
+    /// `[batch, step, hidden]`
+    fn forward(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
+        let q = split_heads(&self.q_proj.forward(xs)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(xs)?, self.kv_heads)?;
+        let v = split_heads(&self.v_proj.forward(xs)?, self.kv_heads)?;
+        let q = apply_rotary(&q, ctx.cos, ctx.sin)?;
+        let k = apply_rotary(&k, ctx.cos, ctx.sin)?;
+        let (k, v) = ctx.cache.write(ctx.layer, ctx.start, &k, &v)?;
+        let opts = AttentionOptions {
+            mask: match ctx.mask {
+                StepMask::Explicit(m) => Some(m),
+                _ => None,
+            },
+            causal: matches!(ctx.mask, StepMask::Causal),
+            scale: Some(self.scale),
+            gqa: self.heads != self.kv_heads,
+        };
+        let out = attention_with(ctx.implementation, &q, &k, &v, opts)?;
+        Ok(self.o_proj.forward(&merge_heads(&out)?)?)
+    }
+}
+
+/// What every layer of one step shares.
+struct LayerContext<'a> {
+    cache: &'a mut KvCache,
+    layer: usize,
+    start: i64,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: &'a StepMask,
+    implementation: AttentionImpl,
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn load(w: &Weights, cfg: &LlamaConfig) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(&w.pp("self_attn"), cfg)?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg)?,
+            input_layernorm: RmsNorm::load(
+                &w.pp("input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            post_attention_layernorm: RmsNorm::load(
+                &w.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, ctx)?;
+        let xs = xs.f_add(&attn)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        Ok(xs.f_add(&mlp)?)
+    }
+}
+
+/// A LLaMA causal language model (`LlamaForCausalLM`).
+#[derive(Debug)]
+pub struct Llama {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; the embedding matrix itself when tied.
+    pub lm_head: Linear,
+    rotary: RotaryEmbedding,
+    config: LlamaConfig,
+    kind: Kind,
+    attention: AttentionImpl,
+}
+
+impl Llama {
+    /// Loads from a `Weights` position holding `model.*` and `lm_head.*`
+    /// (for LLaVA and InstructBLIP: `w.pp("language_model")`). With tied
+    /// embeddings the `lm_head` is the embedding matrix and a stored
+    /// `lm_head.weight` is ignored, as transformers does.
+    pub fn load(w: &Weights, config: &LlamaConfig) -> Result<Self> {
+        let cfg = config;
+        let m = w.pp("model");
+        let embed_tokens = Embedding::load(&m.pp("embed_tokens"), cfg.vocab_size, cfg.hidden_size)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            w.ignore("lm_head");
+            Linear {
+                weight: embed_tokens.weight.shallow_clone(),
+                bias: None,
+            }
+        } else {
+            Linear::load(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: RotaryEmbedding::new(cfg, w.device())?,
+            config: cfg.clone(),
+            kind: w.kind(),
+            attention: AttentionImpl::default(),
+        })
+    }
+
+    /// Chooses the attention kernel: fused SDPA (the default) or HF's eager
+    /// order of operations, which reproduces references computed with
+    /// `attn_implementation="eager"` to the last bit.
+    pub fn with_attention(mut self, implementation: AttentionImpl) -> Self {
+        self.attention = implementation;
+        self
+    }
+
+    /// The attention kernel in use.
+    pub fn attention(&self) -> AttentionImpl {
+        self.attention
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The dtype of weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> tch::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// The geometry of this model's caches.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            num_layers: self.config.num_hidden_layers,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            kind: self.kind,
+            device: self.device(),
+        }
+    }
+
+    /// An empty cache for `batch` rows with room for `capacity` tokens.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
+        KvCache::new(self.cache_shape(), batch, capacity)
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// ids `[..]` (int64, on the model's device) → `[.., hidden]`
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(ids)?)
+    }
+
+    /// Token embeddings of a list of ids.
+    ///
+    /// # Shapes
+    /// → `[1, ids.len(), hidden]`
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let t = Tensor::f_from_slice(&ids)?
+            .f_to_device(self.device())?
+            .f_unsqueeze(0)?;
+        self.embed(&t)
+    }
+
+    /// Runs one step on `cache` and returns the final (normed) hidden
+    /// states of every column of the step. The step's keys and values are
+    /// appended to the cache; on error the cache is left as it was.
+    ///
+    /// # Shapes
+    /// embeds `[batch, step, hidden]` → `[batch, step, hidden]`
+    pub fn forward_hidden<'a>(
+        &self,
+        input: impl Into<Input<'a>>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let input = input.into();
+        self.check_input(input.embeds, cache)?;
+        let step_len = input.embeds.size()[1];
+        let before = cache.len();
+        let result = self.run_layers(input, step_len, cache);
+        if result.is_err() && cache.len() > before {
+            // Undo the half-written step so the cache stays usable.
+            cache.truncate(before)?;
+        }
+        result
+    }
+
+    fn run_layers(&self, input: Input<'_>, step_len: i64, cache: &mut KvCache) -> Result<Tensor> {
+        let step = cache.begin_step(step_len, input.row_lengths)?;
+        let (cos, sin) = self
+            .rotary
+            .cos_sin(&step.positions, step.max_row_len, self.kind)?;
+        let mut ctx = LayerContext {
+            cache,
+            layer: 0,
+            start: step.start,
+            cos: &cos,
+            sin: &sin,
+            mask: &step.mask,
+            implementation: self.attention,
+        };
+        let mut xs = input.embeds.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            ctx.layer = i;
+            xs = layer.forward(&xs, &mut ctx)?;
+        }
+        Ok(self.norm.forward(&xs)?)
+    }
+
+    /// Logits of final hidden states.
+    ///
+    /// # Shapes
+    /// `[.., hidden]` → `[.., vocab]`
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?)
+    }
+
+    /// Runs one step on `cache` and returns logits at the asked columns.
+    ///
+    /// # Shapes
+    /// embeds `[batch, step, hidden]` → `[batch, n, vocab]` with `n` = 1
+    /// ([`LogitsAt::Last`]), `step` ([`LogitsAt::All`]) or the number of
+    /// columns asked for
+    pub fn forward<'a>(
+        &self,
+        input: impl Into<Input<'a>>,
+        cache: &mut KvCache,
+        at: LogitsAt,
+    ) -> Result<Tensor> {
+        let input = input.into();
+        let step = input.embeds.size().get(1).copied().unwrap_or(0);
+        let index = match &at {
+            LogitsAt::Columns(cols) => {
+                if let Some(bad) = cols.iter().find(|&&c| c < 0 || c >= step) {
+                    return Err(Error::shape(
+                        "LogitsAt::Columns",
+                        format!("columns in 0..{step}"),
+                        bad,
+                    ));
+                }
+                Some(Tensor::f_from_slice(cols)?.f_to_device(self.device())?)
+            }
+            _ => None,
+        };
+        let hidden = self.forward_hidden(input, cache)?;
+        let hidden = match (at, index) {
+            (LogitsAt::Last, _) => hidden.f_narrow(1, step - 1, 1)?,
+            (_, Some(index)) => hidden.f_index_select(1, &index)?,
+            (_, None) => hidden,
+        };
+        self.logits(&hidden)
+    }
+
+    fn check_input(&self, embeds: &Tensor, cache: &KvCache) -> Result<()> {
+        let size = embeds.size();
+        let ok_shape = matches!(size[..], [b, t, h] if b == cache.batch() && t > 0 && h == self.config.hidden_size);
+        if !ok_shape {
+            return Err(Error::shape(
+                "input embeddings",
+                format!("[{}, step > 0, {}]", cache.batch(), self.config.hidden_size),
+                size,
+            ));
+        }
+        if embeds.kind() != self.kind || embeds.device() != self.device() {
+            return Err(Error::shape(
+                "input embeddings",
+                format!("{:?} on {:?}", self.kind, self.device()),
+                format!("{:?} on {:?}", embeds.kind(), embeds.device()),
+            ));
+        }
+        if cache.shape() != self.cache_shape() {
+            return Err(Error::Cache(format!(
+                "cache of shape {:?} does not fit this model ({:?})",
+                cache.shape(),
+                self.cache_shape()
+            )));
+        }
+        Ok(())
+    }
+}

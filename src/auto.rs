@@ -1,0 +1,162 @@
+//! [`AutoDecoder`]: picks the adapter from `config.json`'s `model_type`, and
+//! the outlier heatmap of a request's image.
+
+use std::path::Path;
+
+use damro_llm::PromptTemplate;
+use damro_nn::read_json;
+use damro_outlier::{
+    HeatmapOptions, OutlierOrder, PatchGrid, image_from_pixel_values,
+    select_outliers, write_heatmap,
+};
+use damro_sampler::DamroPreset;
+use tch::{Device, Tensor};
+
+use crate::common::pixel_values;
+use crate::{
+    Branches, DamroDecoder, Error, ImageSource, InstructBlipDecoder, LlavaDecoder, ModelOptions,
+    Request, Result, VisualTokens,
+};
+
+/// A LLaVA-1.5 or InstructBLIP model, chosen from the directory's config.
+#[derive(Debug)]
+pub enum AutoDecoder {
+    /// `model_type: "llava"`.
+    Llava(LlavaDecoder),
+    /// `model_type: "instructblip"`.
+    InstructBlip(InstructBlipDecoder),
+}
+
+#[derive(serde::Deserialize)]
+struct ModelType {
+    model_type: Option<String>,
+}
+
+impl AutoDecoder {
+    /// Loads the model directory with the adapter its `model_type` names.
+    pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(Error::invalid(
+                "model directory",
+                format!("{} has no config.json (expected a HuggingFace model directory)", dir.display()),
+            ));
+        }
+        let ModelType { model_type } = read_json(&config)?;
+        match model_type.as_deref() {
+            Some("llava") => Ok(Self::Llava(LlavaDecoder::load(dir, options)?)),
+            Some("instructblip") => Ok(Self::InstructBlip(InstructBlipDecoder::load(dir, options)?)),
+            other => Err(Error::invalid(
+                "model_type",
+                format!("{other:?} in {} (expected \"llava\" or \"instructblip\")", config.display()),
+            )),
+        }
+    }
+
+    /// The prompt template the authors used with this model.
+    pub fn default_template(&self) -> PromptTemplate {
+        match self {
+            Self::Llava(_) => PromptTemplate::LlavaV1,
+            Self::InstructBlip(_) => PromptTemplate::InstructBlip,
+        }
+    }
+
+    /// The authors' DAMRO settings for this model (LLaVA-1.5: alpha 2,
+    /// beta 0.1, k 10; InstructBLIP, POPE: alpha 0.5, beta 0.1, k 4).
+    pub fn preset(&self) -> Result<DamroPreset> {
+        Ok(match self {
+            Self::Llava(_) => DamroPreset::llava_1_5()?,
+            Self::InstructBlip(_) => DamroPreset::instructblip_pope()?,
+        })
+    }
+
+    /// The model family's name.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::Llava(_) => "llava",
+            Self::InstructBlip(_) => "instructblip",
+        }
+    }
+
+    /// Writes the heatmap of the image's [CLS] attention over the
+    /// preprocessed image, with the top-`k` outliers outlined, to `path`
+    /// (PNG, written atomically). Returns the outliers in selection order.
+    pub fn write_outlier_heatmap(&self, image: &ImageSource, k: usize, path: &Path) -> Result<Vec<i64>> {
+        let (processor, kind, device) = match self {
+            Self::Llava(d) => (d.processor(), d.language_model().kind(), d.device()),
+            Self::InstructBlip(d) => (d.processor(), d.language_model().kind(), d.device()),
+        };
+        let pixels = pixel_values(processor, image, kind, device)?;
+        let attention = match self {
+            Self::Llava(d) => d.cls_attention_of(&pixels)?,
+            Self::InstructBlip(d) => d.cls_attention_of(&pixels)?,
+        };
+        let outliers = select_outliers(&attention, k, OutlierOrder::ByScore)?;
+        let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+        let scores: Vec<f32> = Vec::try_from(attention.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        let grid = PatchGrid::square(scores.len())?;
+        let config = processor.config();
+        // Undo the processor's normalisation and rescale to show the image
+        // the model saw.
+        let (mean, std) = match &config.normalize {
+            Some(n) => (n.mean.map(|v| v as f32), n.std.map(|v| v as f32)),
+            None => ([0.0; 3], [1.0; 3]),
+        };
+        let scale = config.rescale_factor.unwrap_or(1.0) as f32 * 255.0;
+        let std = std.map(|s| s / scale);
+        let mean = mean.map(|m| m / scale);
+        let picture = image_from_pixel_values(
+            &pixels.f_to_kind(tch::Kind::Float)?.f_to_device(Device::Cpu)?,
+            mean,
+            std,
+        )?;
+        write_heatmap(path, &picture, &scores, grid, &indices, &HeatmapOptions::default())?;
+        Ok(indices)
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            AutoDecoder::Llava($d) => $e,
+            AutoDecoder::InstructBlip($d) => $e,
+        }
+    };
+}
+
+impl DamroDecoder for AutoDecoder {
+    type Cache = damro_llm::KvCache;
+
+    fn device(&self) -> Device {
+        delegate!(self, d => d.device())
+    }
+
+    fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
+        delegate!(self, d => d.encode_image(request, outlier_k))
+    }
+
+    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches> {
+        delegate!(self, d => d.branch_embeds(request, visual))
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        delegate!(self, d => d.embed_tokens(ids))
+    }
+
+    fn new_cache(&self, rows: i64, capacity: i64) -> Result<Self::Cache> {
+        delegate!(self, d => d.new_cache(rows, capacity))
+    }
+
+    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache) -> Result<Tensor> {
+        delegate!(self, d => d.forward(embeds, row_lengths, cache))
+    }
+
+    fn stop_ids(&self) -> Vec<i64> {
+        delegate!(self, d => d.stop_ids())
+    }
+
+    fn decode(&self, new_ids: &[i64]) -> Result<String> {
+        delegate!(self, d => d.decode(new_ids))
+    }
+}
