@@ -55,6 +55,12 @@ pub(crate) enum StepMask {
     Causal,
     /// Boolean `[batch, 1, step, cached + step]`, `true` = attend.
     Explicit(Tensor),
+    /// One new token per row, and each row's real keys are one run of
+    /// columns `first[row]..` (left padding only): attend to that run
+    /// alone, no mask. This is every decode step of left-padded rows, e.g.
+    /// DAMRO's short outlier branch stacked with the full one, whose
+    /// padding is then never read.
+    Ranges(Vec<i64>),
 }
 
 /// What the model needs to run one step on a cache.
@@ -396,6 +402,8 @@ impl KvCache {
         let padded = self.valid.iter().any(|row| row.iter().any(|&v| !v));
         let mask = if !padded && step == 1 {
             StepMask::None
+        } else if let Some(first) = self.real_runs().filter(|_| step == 1) {
+            StepMask::Ranges(first)
         } else if !padded && start == 0 {
             StepMask::Causal
         } else {
@@ -407,6 +415,18 @@ impl KvCache {
             max_row_len: self.lens.iter().copied().max().unwrap_or(0),
             mask,
         })
+    }
+
+    /// Per row, the first real column, when every row's real columns form
+    /// one run to the end (padding on the left only).
+    fn real_runs(&self) -> Option<Vec<i64>> {
+        self.valid
+            .iter()
+            .map(|row| {
+                let first = row.iter().position(|&v| v)?;
+                row[first..].iter().all(|&v| v).then_some(first as i64)
+            })
+            .collect()
     }
 
     /// `[batch, 1, step, start + step]`: a query at column `c` sees real

@@ -145,7 +145,31 @@ impl Attention {
             scale: Some(self.scale),
             gqa: self.heads != self.kv_heads,
         };
-        let out = attention_with(ctx.implementation, &q, &k, &v, opts)?;
+        let out = match ctx.mask {
+            StepMask::Ranges(first) => {
+                // Each row reads only its own real keys.
+                let total = k.size()[2];
+                let rows = first
+                    .iter()
+                    .enumerate()
+                    .map(|(row, &from)| {
+                        let row = row as i64;
+                        let pick = |t: &Tensor| -> Result<Tensor> {
+                            Ok(t.f_narrow(0, row, 1)?.f_narrow(2, from, total - from)?)
+                        };
+                        Ok(attention_with(
+                            ctx.implementation,
+                            &q.f_narrow(0, row, 1)?,
+                            &pick(&k)?,
+                            &pick(&v)?,
+                            opts,
+                        )?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::f_cat(&rows, 0)?
+            }
+            _ => attention_with(ctx.implementation, &q, &k, &v, opts)?,
+        };
         Ok(self.o_proj.forward(&merge_heads(&out)?)?)
     }
 }

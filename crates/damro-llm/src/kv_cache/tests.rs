@@ -69,13 +69,12 @@ fn padded_prefill_positions_and_mask() {
     let s = step(&mut c, 1, None, 2.0);
     assert_eq!(ints(&s.positions), vec![3, 1]);
     assert_eq!(s.max_row_len, 4);
-    let StepMask::Explicit(m) = &s.mask else {
-        panic!("padding needs an explicit mask")
+    // Left padding only: each row attends to its own run of real keys
+    // (row 0 from column 0, row 1 from column 2), no mask.
+    let StepMask::Ranges(first) = &s.mask else {
+        panic!("a decode step over left padding reads per-row key ranges")
     };
-    assert_eq!(
-        bools(m),
-        vec![true, true, true, true, false, false, true, true]
-    );
+    assert_eq!(first, &vec![0, 2]);
 }
 
 #[test]
