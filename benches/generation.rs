@@ -27,8 +27,14 @@ use damro::{
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llava/models/hub");
-const IMAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images/wide_rgb.png");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/llava/models/hub"
+);
+const IMAGE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/images/wide_rgb.png"
+);
 
 fn text_config() -> serde_json::Value {
     json!({
@@ -53,10 +59,18 @@ fn write_model(dir: &Path) {
             "model_type": "clip_vision_model"}
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    ] {
         std::fs::copy(Path::new(FIXTURE).join(f), dir.join(f)).unwrap();
     }
-    let cfg = LlamaConfigJson::from_value(text_config()).unwrap().into_config().unwrap();
+    let cfg = LlamaConfigJson::from_value(text_config())
+        .unwrap()
+        .into_config()
+        .unwrap();
     let mut tensors = random_llama_tensors(&cfg, "language_model", 7).unwrap();
     // EOS (id 2) never wins, so every generation runs to its limit.
     for (name, t) in tensors.iter_mut() {
@@ -69,8 +83,14 @@ fn write_model(dir: &Path) {
     let v = "vision_tower.vision_model";
     let mut add = |name: String, t: Tensor| tensors.push((name, t));
     add(format!("{v}.embeddings.class_embedding"), rand(&[vh], 1.0));
-    add(format!("{v}.embeddings.patch_embedding.weight"), rand(&[vh, 3, 14, 14], 0.05));
-    add(format!("{v}.embeddings.position_embedding.weight"), rand(&[577, vh], 1.0));
+    add(
+        format!("{v}.embeddings.patch_embedding.weight"),
+        rand(&[vh, 3, 14, 14], 0.05),
+    );
+    add(
+        format!("{v}.embeddings.position_embedding.weight"),
+        rand(&[577, vh], 1.0),
+    );
     for n in ["pre_layrnorm", "post_layernorm"] {
         add(format!("{v}.{n}.weight"), Tensor::ones([vh], opts));
         add(format!("{v}.{n}.bias"), Tensor::zeros([vh], opts));
@@ -90,10 +110,22 @@ fn write_model(dir: &Path) {
         add(format!("{p}.mlp.fc2.weight"), rand(&[vh, vi], 0.03));
         add(format!("{p}.mlp.fc2.bias"), rand(&[vh], 0.02));
     }
-    add("multi_modal_projector.linear_1.weight".into(), rand(&[768, vh], 0.06));
-    add("multi_modal_projector.linear_1.bias".into(), rand(&[768], 0.02));
-    add("multi_modal_projector.linear_2.weight".into(), rand(&[768, 768], 0.036));
-    add("multi_modal_projector.linear_2.bias".into(), rand(&[768], 0.02));
+    add(
+        "multi_modal_projector.linear_1.weight".into(),
+        rand(&[768, vh], 0.06),
+    );
+    add(
+        "multi_modal_projector.linear_1.bias".into(),
+        rand(&[768], 0.02),
+    );
+    add(
+        "multi_modal_projector.linear_2.weight".into(),
+        rand(&[768, 768], 0.036),
+    );
+    add(
+        "multi_modal_projector.linear_2.bias".into(),
+        rand(&[768], 0.02),
+    );
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, dir.join("model.safetensors")).unwrap();
 }
@@ -110,7 +142,10 @@ fn main() {
         println!("generation bench: skipped (run with `cargo bench --bench generation`)");
         return;
     }
-    let rounds: usize = std::env::var("DAMRO_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("DAMRO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let device = match std::env::var("DAMRO_BENCH_DEVICE").as_deref() {
         Ok("cuda") => Device::Cuda(0),
         _ => Device::Cpu,
@@ -123,8 +158,16 @@ fn main() {
     let damro = DamroSettings::new(2.0, 0.1, 10).unwrap();
     let variants = [
         ("plain", Mode::Plain, BranchExecution::Batched),
-        ("damro-batched", Mode::Damro(damro), BranchExecution::Batched),
-        ("damro-sequential", Mode::Damro(damro), BranchExecution::Sequential),
+        (
+            "damro-batched",
+            Mode::Damro(damro),
+            BranchExecution::Batched,
+        ),
+        (
+            "damro-sequential",
+            Mode::Damro(damro),
+            BranchExecution::Sequential,
+        ),
     ];
     let run = |mode: Mode, branches: BranchExecution, tokens: usize| -> f64 {
         let mut config = GenerationConfig::greedy(mode, tokens);
@@ -157,8 +200,14 @@ fn main() {
         }
     }
     let base = median(per_token[0].clone());
-    println!("device {device:?}, threads {}, {rounds} rounds, 64 new tokens (greedy)", tch::get_num_threads());
-    println!("{:<18} {:>14} {:>12} {:>22}", "variant", "ms/token", "vs plain", "prefill+1 token (s)");
+    println!(
+        "device {device:?}, threads {}, {rounds} rounds, 64 new tokens (greedy)",
+        tch::get_num_threads()
+    );
+    println!(
+        "{:<18} {:>14} {:>12} {:>22}",
+        "variant", "ms/token", "vs plain", "prefill+1 token (s)"
+    );
     for (i, (name, _, _)) in variants.iter().enumerate() {
         let t = median(per_token[i].clone());
         println!(

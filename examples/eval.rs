@@ -49,7 +49,9 @@ impl Flags {
                 if switches.contains(&name) {
                     out.switches.push(name.to_string());
                 } else {
-                    let v = args.next().with_context(|| format!("--{name} needs a value"))?;
+                    let v = args
+                        .next()
+                        .with_context(|| format!("--{name} needs a value"))?;
                     out.values.entry(name.to_string()).or_default().push(v);
                 }
             } else {
@@ -60,15 +62,22 @@ impl Flags {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
 
     fn all(&self, name: &str) -> Vec<PathBuf> {
-        self.values.get(name).map(|v| v.iter().map(PathBuf::from).collect()).unwrap_or_default()
+        self.values
+            .get(name)
+            .map(|v| v.iter().map(PathBuf::from).collect())
+            .unwrap_or_default()
     }
 
     fn need(&self, name: &str) -> Result<&str> {
-        self.get(name).with_context(|| format!("--{name} is required"))
+        self.get(name)
+            .with_context(|| format!("--{name} is required"))
     }
 
     fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>>
@@ -76,7 +85,10 @@ impl Flags {
         T::Err: std::fmt::Display,
     {
         self.get(name)
-            .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")))
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}"))
+            })
             .transpose()
     }
 
@@ -96,7 +108,11 @@ fn write_metrics(path: Option<&str>, json: &str) -> Result<()> {
 }
 
 fn pope_run(flags: &Flags) -> Result<()> {
-    let device = match flags.get("device").unwrap_or(if tch::Cuda::is_available() { "cuda" } else { "cpu" }) {
+    let device = match flags.get("device").unwrap_or(if tch::Cuda::is_available() {
+        "cuda"
+    } else {
+        "cpu"
+    }) {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         other => bail!("--device {other}: expected cpu or cuda"),
@@ -110,8 +126,15 @@ fn pope_run(flags: &Flags) -> Result<()> {
     };
     let model_dir = PathBuf::from(flags.need("model")?);
     let questions = pope::read_questions(Path::new(flags.need("questions")?))?;
-    let decoder = AutoDecoder::load(&model_dir, ModelOptions { kind, device, ..ModelOptions::cpu_f32() })
-        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let decoder = AutoDecoder::load(
+        &model_dir,
+        ModelOptions {
+            kind,
+            device,
+            ..ModelOptions::cpu_f32()
+        },
+    )
+    .with_context(|| format!("loading {}", model_dir.display()))?;
     let preset = decoder.preset()?;
     let mode_name = flags.get("mode").unwrap_or("damro").to_string();
     let mode = match mode_name.as_str() {
@@ -132,7 +155,12 @@ fn pope_run(flags: &Flags) -> Result<()> {
     let model_id = flags
         .get("model-id")
         .map(str::to_string)
-        .unwrap_or_else(|| model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        .unwrap_or_else(|| {
+            model_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
     let answers = PathBuf::from(flags.need("answers")?);
     let mut options = RunOptions::new(&answers, flags.need("images")?, model_id);
     options.mode = Some(mode_name.clone());
@@ -143,21 +171,32 @@ fn pope_run(flags: &Flags) -> Result<()> {
     options.max_records = flags.parsed("limit")?;
     let template: PromptTemplate = decoder.default_template();
     let answer = |job: &runner::Job, image: &Path| -> Result<String> {
-        let request = Request::new(ImageSource::File(image.to_path_buf()), &job.prompt, template);
+        let request = Request::new(
+            ImageSource::File(image.to_path_buf()),
+            &job.prompt,
+            template,
+        );
         let out = generate(&decoder, &[request], &config)?;
         Ok(out.into_iter().next().map(|g| g.text).unwrap_or_default())
     };
     let mut progress = BarProgress::new(format!("POPE {mode_name}"));
-    let summary = runner::run_pope(&questions, &options, |job: &runner::Job, image: &Path| {
-        answer(job, image).map_err(|e| format!("{e:#}"))
-    }, &mut progress)?;
+    let summary = runner::run_pope(
+        &questions,
+        &options,
+        |job: &runner::Job, image: &Path| answer(job, image).map_err(|e| format!("{e:#}")),
+        &mut progress,
+    )?;
     println!("{summary}");
     if options.shard == Shard::ALL && summary.is_complete() {
         let report = pope::score::score(&questions, &pope::read_answers(&options.answers)?);
         println!("{report}");
         write_metrics(flags.get("metrics"), &to_json_pretty(&report)?)?;
     } else if options.shard != Shard::ALL {
-        println!("shard {} written to {}; merge the shards with `pope-merge`, then `pope-score`", flags.need("shard")?, options.answers.display());
+        println!(
+            "shard {} written to {}; merge the shards with `pope-merge`, then `pope-score`",
+            flags.need("shard")?,
+            options.answers.display()
+        );
     }
     Ok(())
 }
@@ -188,7 +227,12 @@ fn chair_score(flags: &Flags) -> Result<()> {
     if instances.is_empty() {
         bail!("--instances is required (COCO instances_*.json)");
     }
-    let truth = GroundTruth::from_coco(&evaluator, &instances, &flags.all("coco-captions"), Some(&captions.image_ids()))?;
+    let truth = GroundTruth::from_coco(
+        &evaluator,
+        &instances,
+        &flags.all("coco-captions"),
+        Some(&captions.image_ids()),
+    )?;
     let report = chair::score(&evaluator, &truth, &captions);
     println!("{report}");
     if let Some(path) = flags.get("details") {
@@ -206,6 +250,8 @@ fn main() -> Result<()> {
         "pope-score" => pope_score(&flags),
         "pope-merge" => pope_merge(&flags),
         "chair" => chair_score(&flags),
-        _ => bail!("usage: eval pope-run|pope-score|pope-merge|chair ... (see the doc comment of examples/eval.rs)"),
+        _ => bail!(
+            "usage: eval pope-run|pope-score|pope-merge|chair ... (see the doc comment of examples/eval.rs)"
+        ),
     }
 }

@@ -64,7 +64,10 @@ fn parse_args() -> Result<Args> {
     };
     let mut dtype_given = false;
     while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--model" => model = Some(PathBuf::from(value()?)),
             "--image" => image = Some(PathBuf::from(value()?)),
@@ -143,7 +146,9 @@ fn main() -> Result<()> {
     let decoder = AutoDecoder::load(&args.model, options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let decoder = match decoder {
-        AutoDecoder::InstructBlip(d) => AutoDecoder::InstructBlip(d.with_indexing(args.indexing)),
+        AutoDecoder::InstructBlip(d) => {
+            AutoDecoder::InstructBlip(Box::new(d.with_indexing(args.indexing)))
+        }
         other => other,
     };
     let template = args.template.unwrap_or_else(|| decoder.default_template());
@@ -156,7 +161,11 @@ fn main() -> Result<()> {
 
     let mut results: Vec<(&str, Generation)> = Vec::new();
     for &mode_name in &args.modes {
-        let mode = if mode_name == "plain" { Mode::Plain } else { Mode::Damro(damro) };
+        let mode = if mode_name == "plain" {
+            Mode::Plain
+        } else {
+            Mode::Damro(damro)
+        };
         let mut config = match args.seed {
             Some(seed) => GenerationConfig::sampled(mode, args.max_new_tokens, seed),
             None => GenerationConfig::greedy(mode, args.max_new_tokens),
@@ -164,7 +173,11 @@ fn main() -> Result<()> {
         if args.sequential {
             config.branches = BranchExecution::Sequential;
         }
-        let request = Request::new(ImageSource::File(args.image.clone()), &args.prompt, template);
+        let request = Request::new(
+            ImageSource::File(args.image.clone()),
+            &args.prompt,
+            template,
+        );
         let stream = !args.json && args.modes.len() == 1;
         let out = if stream {
             use std::io::Write;
@@ -185,7 +198,11 @@ fn main() -> Result<()> {
     for (mode_name, g) in &results {
         if args.json {
             let (alpha, beta, k) = if *mode_name == "damro" {
-                (Some(damro.params.alpha()), Some(damro.params.beta()), Some(damro.outlier_k))
+                (
+                    Some(damro.params.alpha()),
+                    Some(damro.params.beta()),
+                    Some(damro.outlier_k),
+                )
             } else {
                 (None, None, None)
             };
@@ -230,7 +247,7 @@ fn side_by_side(results: &[(&str, Generation)]) {
         lines
     };
     let columns: Vec<Vec<String>> = results.iter().map(|(_, g)| wrap(&g.text)).collect();
-    println!("{:<WIDTH$} | {}", "plain", "DAMRO");
+    println!("{:<WIDTH$} | DAMRO", "plain");
     println!("{}-+-{}", "-".repeat(WIDTH), "-".repeat(WIDTH));
     let rows = columns.iter().map(Vec::len).max().unwrap_or(0);
     for i in 0..rows {
@@ -238,6 +255,9 @@ fn side_by_side(results: &[(&str, Generation)]) {
         println!("{:<WIDTH$} | {}", cell(0), cell(1));
     }
     if let Some((_, g)) = results.get(1) {
-        println!("\nDAMRO outlier patches (selection order): {:?}", g.outliers);
+        println!(
+            "\nDAMRO outlier patches (selection order): {:?}",
+            g.outliers
+        );
     }
 }

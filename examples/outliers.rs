@@ -9,19 +9,29 @@ use anyhow::{Context, Result, bail};
 use damro::{AutoDecoder, ImageSource, ModelOptions};
 use tch::Device;
 
-const USAGE: &str = "usage: outliers --model DIR --image PATH --out PNG [--top-k K] [--device cpu|cuda]";
+const USAGE: &str =
+    "usage: outliers --model DIR --image PATH --out PNG [--top-k K] [--device cpu|cuda]";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut model, mut image, mut out, mut k) = (None, None, None, None);
     let mut options = ModelOptions::cpu_f32();
     while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--model" => model = Some(PathBuf::from(value()?)),
             "--image" => image = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
-            "--top-k" => k = Some(value()?.parse::<usize>().context("--top-k: a positive integer")?),
+            "--top-k" => {
+                k = Some(
+                    value()?
+                        .parse::<usize>()
+                        .context("--top-k: a positive integer")?,
+                )
+            }
             "--device" => {
                 options.device = match value()?.as_str() {
                     "cpu" => Device::Cpu,
@@ -42,6 +52,9 @@ fn main() -> Result<()> {
         None => decoder.preset()?.outlier_k,
     };
     let outliers = decoder.write_outlier_heatmap(&ImageSource::File(image), k, &out)?;
-    println!("wrote {} (top-{k} outliers, selection order: {outliers:?})", out.display());
+    println!(
+        "wrote {} (top-{k} outliers, selection order: {outliers:?})",
+        out.display()
+    );
     Ok(())
 }

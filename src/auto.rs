@@ -6,8 +6,8 @@ use std::path::Path;
 use damro_llm::PromptTemplate;
 use damro_nn::read_json;
 use damro_outlier::{
-    HeatmapOptions, OutlierOrder, PatchGrid, image_from_pixel_values,
-    select_outliers, write_heatmap,
+    HeatmapOptions, OutlierOrder, PatchGrid, image_from_pixel_values, select_outliers,
+    write_heatmap,
 };
 use damro_sampler::DamroPreset;
 use tch::{Device, Tensor};
@@ -22,9 +22,9 @@ use crate::{
 #[derive(Debug)]
 pub enum AutoDecoder {
     /// `model_type: "llava"`.
-    Llava(LlavaDecoder),
+    Llava(Box<LlavaDecoder>),
     /// `model_type: "instructblip"`.
-    InstructBlip(InstructBlipDecoder),
+    InstructBlip(Box<InstructBlipDecoder>),
 }
 
 #[derive(serde::Deserialize)]
@@ -40,16 +40,24 @@ impl AutoDecoder {
         if !config.is_file() {
             return Err(Error::invalid(
                 "model directory",
-                format!("{} has no config.json (expected a HuggingFace model directory)", dir.display()),
+                format!(
+                    "{} has no config.json (expected a HuggingFace model directory)",
+                    dir.display()
+                ),
             ));
         }
         let ModelType { model_type } = read_json(&config)?;
         match model_type.as_deref() {
-            Some("llava") => Ok(Self::Llava(LlavaDecoder::load(dir, options)?)),
-            Some("instructblip") => Ok(Self::InstructBlip(InstructBlipDecoder::load(dir, options)?)),
+            Some("llava") => Ok(Self::Llava(Box::new(LlavaDecoder::load(dir, options)?))),
+            Some("instructblip") => Ok(Self::InstructBlip(Box::new(InstructBlipDecoder::load(
+                dir, options,
+            )?))),
             other => Err(Error::invalid(
                 "model_type",
-                format!("{other:?} in {} (expected \"llava\" or \"instructblip\")", config.display()),
+                format!(
+                    "{other:?} in {} (expected \"llava\" or \"instructblip\")",
+                    config.display()
+                ),
             )),
         }
     }
@@ -82,7 +90,12 @@ impl AutoDecoder {
     /// Writes the heatmap of the image's [CLS] attention over the
     /// preprocessed image, with the top-`k` outliers outlined, to `path`
     /// (PNG, written atomically). Returns the outliers in selection order.
-    pub fn write_outlier_heatmap(&self, image: &ImageSource, k: usize, path: &Path) -> Result<Vec<i64>> {
+    pub fn write_outlier_heatmap(
+        &self,
+        image: &ImageSource,
+        k: usize,
+        path: &Path,
+    ) -> Result<Vec<i64>> {
         let (processor, kind, device) = match self {
             Self::Llava(d) => (d.processor(), d.language_model().kind(), d.device()),
             Self::InstructBlip(d) => (d.processor(), d.language_model().kind(), d.device()),
@@ -94,7 +107,8 @@ impl AutoDecoder {
         };
         let outliers = select_outliers(&attention, k, OutlierOrder::ByScore)?;
         let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
-        let scores: Vec<f32> = Vec::try_from(attention.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        let scores: Vec<f32> =
+            Vec::try_from(attention.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
         let grid = PatchGrid::square(scores.len())?;
         let config = processor.config();
         // Undo the processor's normalisation and rescale to show the image
@@ -107,11 +121,20 @@ impl AutoDecoder {
         let std = std.map(|s| s / scale);
         let mean = mean.map(|m| m / scale);
         let picture = image_from_pixel_values(
-            &pixels.f_to_kind(tch::Kind::Float)?.f_to_device(Device::Cpu)?,
+            &pixels
+                .f_to_kind(tch::Kind::Float)?
+                .f_to_device(Device::Cpu)?,
             mean,
             std,
         )?;
-        write_heatmap(path, &picture, &scores, grid, &indices, &HeatmapOptions::default())?;
+        write_heatmap(
+            path,
+            &picture,
+            &scores,
+            grid,
+            &indices,
+            &HeatmapOptions::default(),
+        )?;
         Ok(indices)
     }
 }
@@ -148,7 +171,12 @@ impl DamroDecoder for AutoDecoder {
         delegate!(self, d => d.new_cache(rows, capacity))
     }
 
-    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        row_lengths: &[i64],
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor> {
         delegate!(self, d => d.forward(embeds, row_lengths, cache))
     }
 

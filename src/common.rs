@@ -57,7 +57,10 @@ impl ModelOptions {
 /// The LLaMA of a multimodal checkpoint: `text_config` validated, with the
 /// vocabulary size taken from the embedding matrix (some configs state it
 /// wrongly), loaded from `language_model.*`.
-pub(crate) fn load_language_model(root: &Weights, text_config: &serde_json::Value) -> Result<Llama> {
+pub(crate) fn load_language_model(
+    root: &Weights,
+    text_config: &serde_json::Value,
+) -> Result<Llama> {
     let mut json = LlamaConfigJson::from_value(text_config.clone())?;
     if let Some(shape) = root.shape_of("language_model.model.embed_tokens.weight")
         && let [rows, _] = shape[..]
@@ -123,7 +126,10 @@ pub(crate) fn to_i64(ids: &[u32]) -> Vec<i64> {
 /// Ids as `u32`, rejecting ids outside the vocabulary's range.
 pub(crate) fn to_u32(ids: &[i64]) -> Result<Vec<u32>> {
     ids.iter()
-        .map(|&i| u32::try_from(i).map_err(|_| Error::invalid("token id", format!("{i} is negative or too large"))))
+        .map(|&i| {
+            u32::try_from(i)
+                .map_err(|_| Error::invalid("token id", format!("{i} is negative or too large")))
+        })
         .collect()
 }
 
@@ -134,7 +140,10 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<()> {
     } else {
         Err(Error::invalid(
             "model directory",
-            format!("{} has no config.json (expected a HuggingFace model directory)", dir.display()),
+            format!(
+                "{} has no config.json (expected a HuggingFace model directory)",
+                dir.display()
+            ),
         ))
     }
 }

@@ -165,8 +165,12 @@ pub trait DamroDecoder {
     /// # Shapes
     /// embeds `[rows, step, hidden]` with `row_lengths[i]` real (trailing)
     /// tokens in row `i` → `[rows, vocab]`
-    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache)
-    -> Result<Tensor>;
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        row_lengths: &[i64],
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor>;
 
     /// Token ids that end a generation (EOS).
     fn stop_ids(&self) -> Vec<i64>;

@@ -219,7 +219,10 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
         full.push(squeeze_row(&branches.full, "full branch")?);
         if damro {
             let o = branches.outlier.as_ref().ok_or_else(|| {
-                Error::invalid("decoder", format!("request {i}: no outlier branch in DAMRO mode"))
+                Error::invalid(
+                    "decoder",
+                    format!("request {i}: no outlier branch in DAMRO mode"),
+                )
             })?;
             outlier.push(squeeze_row(o, "outlier branch")?);
         }
@@ -277,7 +280,10 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
             }
             row.tokens.push(id);
             let text = decoder.decode(&row.tokens)?;
-            let delta = text.strip_prefix(row.text.as_str()).unwrap_or(&text).to_string();
+            let delta = text
+                .strip_prefix(row.text.as_str())
+                .unwrap_or(&text)
+                .to_string();
             on_token(&TokenEvent {
                 request: i,
                 token_id: id,
@@ -337,7 +343,12 @@ fn history(rows: &[Row], device: tch::Device) -> Result<Tensor> {
     let mut flat = Vec::with_capacity(seqs.len() * width);
     for seq in &seqs {
         let pad = seq.first().copied().unwrap_or(0);
-        flat.extend(seq.iter().copied().chain(std::iter::repeat(pad)).take(width));
+        flat.extend(
+            seq.iter()
+                .copied()
+                .chain(std::iter::repeat(pad))
+                .take(width),
+        );
     }
     Ok(Tensor::f_from_slice(&flat)?
         .f_view([seqs.len() as i64, width as i64])?
@@ -384,7 +395,9 @@ impl<C: BranchCache> BranchCaches<C> {
         let (cache_outlier, logits_outlier) = run(outlier)?;
         let logits = (logits_full, Some(logits_outlier));
         Ok(match execution {
-            BranchExecution::Sequential => (BranchCaches::Sequential(cache_full, cache_outlier), logits),
+            BranchExecution::Sequential => {
+                (BranchCaches::Sequential(cache_full, cache_outlier), logits)
+            }
             BranchExecution::Batched => {
                 let len = cache_full.len().max(cache_outlier.len());
                 let joined = C::stack(&[&cache_full, &cache_outlier], len + room)?;
@@ -401,10 +414,9 @@ impl<C: BranchCache> BranchCaches<C> {
         let n = ids.size()[0];
         let embeds = decoder.embed_tokens(ids)?;
         match self {
-            BranchCaches::Plain(cache) => Ok((
-                decoder.forward(&embeds, &vec![1; n as usize], cache)?,
-                None,
-            )),
+            BranchCaches::Plain(cache) => {
+                Ok((decoder.forward(&embeds, &vec![1; n as usize], cache)?, None))
+            }
             BranchCaches::Batched(cache) => {
                 let both = Tensor::f_cat(&[&embeds, &embeds], 0)?;
                 let logits = decoder.forward(&both, &vec![1; 2 * n as usize], cache)?;

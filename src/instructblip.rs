@@ -78,7 +78,10 @@ impl InstructBlipDecoder {
         let dir = dir.as_ref();
         check_model_dir(dir)?;
         let config = InstructBlipConfig::from_dir(dir)?;
-        let root = Weights::new(Checkpoint::open(dir, &KeyMap::identity())?, options.load_options())?;
+        let root = Weights::new(
+            Checkpoint::open(dir, &KeyMap::identity())?,
+            options.load_options(),
+        )?;
         let vision = InstructBlipVision::load_from(&root, &config)?;
         let llm = load_language_model(&root, &config.text_config)?;
         root.finish()?;
@@ -138,7 +141,12 @@ impl DamroDecoder for InstructBlipDecoder {
     }
 
     fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
-        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
+        let pixels = pixel_values(
+            &self.processor,
+            &request.image,
+            self.options.kind,
+            self.options.device,
+        )?;
         let prompt = request.template.render(&request.question);
         let text = prompt.qformer.as_deref().unwrap_or(&request.question);
         let text = self.qformer_tokenizer.encode(text, self.options.device)?;
@@ -174,7 +182,8 @@ impl DamroDecoder for InstructBlipDecoder {
             .f_to_device(self.options.device)?
             .f_unsqueeze(0)?;
         let text = self.llm.embed(&ids_t)?;
-        let prefixed = |prefix: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[prefix, &text], 1)?) };
+        let prefixed =
+            |prefix: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[prefix, &text], 1)?) };
         Ok(Branches {
             full: prefixed(&visual.full)?,
             outlier: visual.outlier.as_ref().map(prefixed).transpose()?,
@@ -190,7 +199,12 @@ impl DamroDecoder for InstructBlipDecoder {
         Ok(self.llm.new_cache(rows, capacity)?)
     }
 
-    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        row_lengths: &[i64],
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor> {
         forward_rows(&self.llm, embeds, row_lengths, cache)
     }
 
@@ -219,10 +233,19 @@ mod tests {
     #[test]
     fn decode_bos_follows_the_reference_rule() {
         // The exact old spelling selects 2, whatever the config says.
-        assert_eq!(decode_bos(&json!({"architectures": ["LLaMAForCausalLM"], "bos_token_id": 0})), Some(2));
+        assert_eq!(
+            decode_bos(&json!({"architectures": ["LLaMAForCausalLM"], "bos_token_id": 0})),
+            Some(2)
+        );
         // Any other spelling uses the config's id ...
-        assert_eq!(decode_bos(&json!({"architectures": ["LlamaForCausalLM"], "bos_token_id": 0})), Some(0));
+        assert_eq!(
+            decode_bos(&json!({"architectures": ["LlamaForCausalLM"], "bos_token_id": 0})),
+            Some(0)
+        );
         // ... or LlamaConfig's default 1 when it is absent.
-        assert_eq!(decode_bos(&json!({"architectures": ["LlamaForCausalLM"]})), Some(1));
+        assert_eq!(
+            decode_bos(&json!({"architectures": ["LlamaForCausalLM"]})),
+            Some(1)
+        );
     }
 }

@@ -39,7 +39,10 @@ impl LlavaDecoder {
         let dir = dir.as_ref();
         check_model_dir(dir)?;
         let config = LlavaConfig::from_dir(dir)?;
-        let root = Weights::new(Checkpoint::open(dir, &KeyMap::llava())?, options.load_options())?;
+        let root = Weights::new(
+            Checkpoint::open(dir, &KeyMap::llava())?,
+            options.load_options(),
+        )?;
         let vision = LlavaVision::load_from(&root, &config)?;
         let llm = load_language_model(&root, &config.text_config)?;
         root.finish()?;
@@ -109,7 +112,12 @@ impl DamroDecoder for LlavaDecoder {
     }
 
     fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
-        let pixels = pixel_values(&self.processor, &request.image, self.options.kind, self.options.device)?;
+        let pixels = pixel_values(
+            &self.processor,
+            &request.image,
+            self.options.kind,
+            self.options.device,
+        )?;
         let (features, attention) = self.vision.features(&pixels)?;
         let full = self.vision.project(&features)?;
         let (outlier, outlier_indices) = match outlier_k {
@@ -155,9 +163,8 @@ impl DamroDecoder for LlavaDecoder {
         let len = ids.len() as i64;
         let before = text.f_narrow(1, 0, at as i64)?;
         let after = text.f_narrow(1, at as i64 + 1, len - at as i64 - 1)?;
-        let splice = |image: &Tensor| -> Result<Tensor> {
-            Ok(Tensor::f_cat(&[&before, image, &after], 1)?)
-        };
+        let splice =
+            |image: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[&before, image, &after], 1)?) };
         Ok(Branches {
             full: splice(&visual.full)?,
             outlier: visual.outlier.as_ref().map(splice).transpose()?,
@@ -173,7 +180,12 @@ impl DamroDecoder for LlavaDecoder {
         Ok(self.llm.new_cache(rows, capacity)?)
     }
 
-    fn forward(&self, embeds: &Tensor, row_lengths: &[i64], cache: &mut Self::Cache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        row_lengths: &[i64],
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor> {
         forward_rows(&self.llm, embeds, row_lengths, cache)
     }
 

@@ -98,7 +98,11 @@ fn config(case: &Value, execution: BranchExecution) -> GenerationConfig {
 }
 
 fn ids(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 /// Runs one case through `decoder` in every execution mode and image source
@@ -119,10 +123,18 @@ fn check_case<D: DamroDecoder>(
             let out = generate(decoder, &[request], &config(case, execution)).unwrap();
             let out = &out[0];
             assert_eq!(out.token_ids, expected, "{what}: token ids");
-            assert_eq!(out.prompt_ids, ids(&case["prompt_ids"]), "{what}: prompt ids");
+            assert_eq!(
+                out.prompt_ids,
+                ids(&case["prompt_ids"]),
+                "{what}: prompt ids"
+            );
             assert_eq!(out.text, case["text"].as_str().unwrap(), "{what}: text");
             if case["mode"] == "damro" {
-                assert_eq!(out.outliers, ids(&case["outlier_indices"]), "{what}: outliers");
+                assert_eq!(
+                    out.outliers,
+                    ids(&case["outlier_indices"]),
+                    "{what}: outliers"
+                );
             }
             let ended = case["ended_on_eos"].as_bool().unwrap();
             assert_eq!(out.finish == FinishReason::Eos, ended, "{what}: finish");
@@ -139,7 +151,11 @@ fn llava_cases_match_the_reference_in_every_layout() {
         let variant = case["variant"].as_str().unwrap();
         // Cases recorded on the hub model also run on the transformers 5
         // layout of the same weights.
-        let layouts: &[&str] = if variant == "hub" { &["hub", "tf5"] } else { &[variant] };
+        let layouts: &[&str] = if variant == "hub" {
+            &["hub", "tf5"]
+        } else {
+            &[variant]
+        };
         for &layout in layouts {
             let decoder = decoders.entry(layout.to_string()).or_insert_with(|| {
                 // The transformers 5 directory holds 5.23's rebuilt
@@ -187,7 +203,10 @@ fn several_requests_in_one_call_give_each_its_own_tokens() {
     let mut groups: HashMap<String, Vec<&Value>> = HashMap::new();
     for case in family.cases() {
         if case["variant"] == "hub" && case["decoding"] == "greedy" {
-            let key = format!("{}/{}/{}/{}", case["mode"], case["alpha"], case["beta"], case["k"]);
+            let key = format!(
+                "{}/{}/{}/{}",
+                case["mode"], case["alpha"], case["beta"], case["k"]
+            );
             groups.entry(key).or_default().push(case);
         }
     }
@@ -200,7 +219,12 @@ fn several_requests_in_one_call_give_each_its_own_tokens() {
                 .collect();
             let out = generate(&decoder, &requests, &config(cases[0], execution)).unwrap();
             for (case, got) in cases.iter().zip(&out) {
-                assert_eq!(got.token_ids, ids(&case["generated_ids"]), "{} {execution:?}", case["name"]);
+                assert_eq!(
+                    got.token_ids,
+                    ids(&case["generated_ids"]),
+                    "{} {execution:?}",
+                    case["name"]
+                );
             }
             batched += 1;
         }
@@ -209,7 +233,11 @@ fn several_requests_in_one_call_give_each_its_own_tokens() {
 }
 
 /// First-step logits of both branches through the trait's pieces.
-fn first_step_logits<D: DamroDecoder>(decoder: &D, request: &Request, k: usize) -> (Tensor, Tensor) {
+fn first_step_logits<D: DamroDecoder>(
+    decoder: &D,
+    request: &Request,
+    k: usize,
+) -> (Tensor, Tensor) {
     let visual = decoder.encode_image(request, Some(k)).unwrap();
     let branches = decoder.branch_embeds(request, &visual).unwrap();
     let run = |embeds: &Tensor| {
@@ -257,13 +285,17 @@ fn half_precision_checkpoints_give_the_rounded_weights_logits() {
             ),
         };
         for (got, branch) in [(full, "full"), (outlier, "outlier")] {
-            let key = format!("variant/{variant}/cases/hub_damro_pope_dog_wide/logits_{branch}_step0");
+            let key =
+                format!("variant/{variant}/cases/hub_damro_pope_dog_wide/logits_{branch}_step0");
             let want = &family.tensors[&key];
             let scale = want.abs().max().double_value(&[]).max(1.0);
             let diff = max_abs_diff(&got, want);
             // f32 compute on identical (rounded) weights: only kernel
             // rounding differs (fused attention vs HF's eager).
-            assert!(diff <= 1e-4 * scale, "{name}/{variant} {branch}: max abs diff {diff} (scale {scale})");
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}/{variant} {branch}: max abs diff {diff} (scale {scale})"
+            );
         }
     }
 }

@@ -19,17 +19,30 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn pope_run_resumes_and_answers_every_question_once() {
-    let decoder = AutoDecoder::load(fixtures().join("instructblip/models/hub"), ModelOptions::cpu_f32()).unwrap();
+    let decoder = AutoDecoder::load(
+        fixtures().join("instructblip/models/hub"),
+        ModelOptions::cpu_f32(),
+    )
+    .unwrap();
     let template = decoder.default_template();
-    let config = GenerationConfig::sampled(Mode::Damro(DamroSettings::new(0.5, 0.1, 4).unwrap()), 8, 42);
+    let config =
+        GenerationConfig::sampled(Mode::Damro(DamroSettings::new(0.5, 0.1, 4).unwrap()), 8, 42);
     let answer = |job: &runner::Job, image: &Path| -> Result<String, damro::Error> {
-        let request = Request::new(ImageSource::File(image.to_path_buf()), &job.prompt, template);
+        let request = Request::new(
+            ImageSource::File(image.to_path_buf()),
+            &job.prompt,
+            template,
+        );
         Ok(generate(&decoder, &[request], &config)?.remove(0).text)
     };
     let questions = pope::read_questions(&fixtures().join("pope/questions.jsonl")).unwrap();
     assert_eq!(questions.questions.len(), 6);
     let dir = tempfile::tempdir().unwrap();
-    let mut options = RunOptions::new(dir.path().join("answers.jsonl"), fixtures().join("images"), "tiny-instructblip");
+    let mut options = RunOptions::new(
+        dir.path().join("answers.jsonl"),
+        fixtures().join("images"),
+        "tiny-instructblip",
+    );
     options.max_records = Some(4);
     let first = runner::run_pope(&questions, &options, answer, &mut Silent).unwrap();
     assert!(!first.is_complete());
@@ -47,7 +60,11 @@ fn pope_run_resumes_and_answers_every_question_once() {
 
     // Each stored answer is what the model says to that question alone.
     for q in &questions.questions {
-        let (_, record) = answers.answers.iter().find(|(_, r)| r.question_id == q.question_id).unwrap();
+        let (_, record) = answers
+            .answers
+            .iter()
+            .find(|(_, r)| r.question_id == q.question_id)
+            .unwrap();
         let image = fixtures().join("images").join(&q.image);
         let request = Request::new(ImageSource::File(image), q.prompt(), template);
         let expected = generate(&decoder, &[request], &config).unwrap().remove(0);

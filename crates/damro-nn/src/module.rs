@@ -61,7 +61,10 @@ impl Module for Linear {
             return Ok(xs.f_linear(&self.weight, self.bias.as_ref())?);
         }
         let x = xs.f_reshape([rows, in_dim])?;
-        let mut y = self.weight.f_matmul(&x.f_transpose(0, 1)?)?.f_transpose(0, 1)?;
+        let mut y = self
+            .weight
+            .f_matmul(&x.f_transpose(0, 1)?)?
+            .f_transpose(0, 1)?;
         if let Some(bias) = &self.bias {
             y = y.f_add(bias)?;
         }

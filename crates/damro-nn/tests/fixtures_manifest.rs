@@ -53,7 +53,12 @@ fn check_family(family: &str, map: &KeyMap) -> Value {
     let root = fixtures().join(family);
     let reference: Value = read_json(&root.join("reference.json")).unwrap();
     assert_eq!(reference["family"], family);
-    assert!(reference["versions"]["torch"].as_str().unwrap().starts_with("2.13.0"));
+    assert!(
+        reference["versions"]["torch"]
+            .as_str()
+            .unwrap()
+            .starts_with("2.13.0")
+    );
     assert_eq!(reference["versions"]["transformers"], "5.23.0");
     let vocab = usize_of(&reference["tokens"]["vocab_size"]);
     let eos = reference["tokens"]["eos"].as_i64().unwrap();
