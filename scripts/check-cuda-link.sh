@@ -10,18 +10,28 @@ if [ ! -f "$DAMRO_LIBTORCH_LIB/libtorch_cuda.so" ]; then
     exit 0
 fi
 target="${CARGO_TARGET_DIR:-target}"
-examples=$(find "$target/debug/examples" -maxdepth 1 -type f -executable ! -name '*-*' 2>/dev/null || true)
-if [ -z "$examples" ]; then
-    echo "check-cuda-link: no built example under $target/debug/examples" >&2
+# Examples (as `cargo test` builds them: name-hash) and the test harnesses
+# (unit and integration tests) in deps/.
+bins=$(find "$target/debug/examples" "$target/debug/deps" -maxdepth 1 -type f -executable ! -name '*.*' 2>/dev/null || true)
+if ! printf '%s\n' $bins | grep -q "/examples/"; then
+    echo "check-cuda-link: no built example under $target/debug/examples (run the tests first)" >&2
     exit 1
 fi
 status=0
-for bin in $examples; do
+for bin in $bins; do
+    # Only binaries linked against libtorch (all of the workspace's, but
+    # e.g. damro-eval's own tests do not use it).
+    readelf -d "$bin" 2>/dev/null | grep -q 'NEEDED.*\[libtorch_cpu.so\]' || continue
     if readelf -d "$bin" | grep -q 'NEEDED.*\[libtorch_cuda.so\]'; then
-        echo "check-cuda-link: ok $bin"
+        checked=$((${checked:-0} + 1))
     else
         echo "check-cuda-link: $bin does not list libtorch_cuda.so in NEEDED" >&2
         status=1
     fi
 done
+echo "check-cuda-link: ${checked:-0} libtorch binaries list libtorch_cuda.so"
+if [ "${checked:-0}" -eq 0 ]; then
+    echo "check-cuda-link: no libtorch binary found" >&2
+    status=1
+fi
 exit $status
