@@ -147,3 +147,37 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<()> {
         ))
     }
 }
+
+/// The [`crate::DamroDecoder`] methods that only involve the language model
+/// and its tokenizer, for adapters with `llm: Llama` and
+/// `tokenizer: LlamaTokenizer` fields.
+macro_rules! llama_decoder_methods {
+    () => {
+        fn embed_tokens(&self, ids: &tch::Tensor) -> $crate::Result<tch::Tensor> {
+            $crate::common::embed_new_tokens(&self.llm, ids)
+        }
+
+        fn new_cache(&self, rows: i64, capacity: i64) -> $crate::Result<Self::Cache> {
+            Ok(self.llm.new_cache(rows, capacity)?)
+        }
+
+        fn forward(
+            &self,
+            embeds: &tch::Tensor,
+            row_lengths: &[i64],
+            cache: &mut Self::Cache,
+        ) -> $crate::Result<tch::Tensor> {
+            $crate::common::forward_rows(&self.llm, embeds, row_lengths, cache)
+        }
+
+        fn stop_ids(&self) -> Vec<i64> {
+            self.tokenizer
+                .special_tokens()
+                .eos
+                .as_ref()
+                .map(|t| vec![i64::from(t.id)])
+                .unwrap_or_default()
+        }
+    };
+}
+pub(crate) use llama_decoder_methods;

@@ -432,3 +432,18 @@ impl<C: BranchCache> BranchCaches<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Limit;
+
+    #[test]
+    fn max_length_counts_like_the_reference_instructblip() {
+        // Reference: generate(max_length = L) on [query embeds; prompt
+        // embeds] yields L - 1 - prompt_len new tokens.
+        assert_eq!(Limit::MaxLength(30).new_tokens(10), 19);
+        assert_eq!(Limit::MaxLength(11).new_tokens(10), 0);
+        assert_eq!(Limit::MaxLength(5).new_tokens(10), 0);
+        assert_eq!(Limit::MaxNewTokens(16).new_tokens(10), 16);
+    }
+}

@@ -17,8 +17,7 @@ use damro_vision::{LlavaConfig, LlavaVision};
 use tch::{Device, Tensor};
 
 use crate::common::{
-    ModelOptions, check_model_dir, embed_new_tokens, forward_rows, load_language_model,
-    pixel_values, to_i64, to_u32,
+    ModelOptions, check_model_dir, load_language_model, pixel_values, to_i64, to_u32,
 };
 use crate::{Branches, DamroDecoder, Error, Request, Result, VisualTokens};
 
@@ -172,31 +171,7 @@ impl DamroDecoder for LlavaDecoder {
         })
     }
 
-    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        embed_new_tokens(&self.llm, ids)
-    }
-
-    fn new_cache(&self, rows: i64, capacity: i64) -> Result<Self::Cache> {
-        Ok(self.llm.new_cache(rows, capacity)?)
-    }
-
-    fn forward(
-        &self,
-        embeds: &Tensor,
-        row_lengths: &[i64],
-        cache: &mut Self::Cache,
-    ) -> Result<Tensor> {
-        forward_rows(&self.llm, embeds, row_lengths, cache)
-    }
-
-    fn stop_ids(&self) -> Vec<i64> {
-        self.tokenizer
-            .special_tokens()
-            .eos
-            .as_ref()
-            .map(|t| vec![i64::from(t.id)])
-            .unwrap_or_default()
-    }
+    crate::common::llama_decoder_methods!();
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         Ok(self.tokenizer.decode(&to_u32(new_ids)?)?.trim().to_string())

@@ -299,3 +299,51 @@ fn half_precision_checkpoints_give_the_rounded_weights_logits() {
         }
     }
 }
+
+/// The streaming callback sees every new token once, in order, and its
+/// text deltas add up to the final text; a stop string ends generation
+/// and cuts the text before it.
+#[test]
+fn streaming_and_stop_strings() {
+    let family = Family::load("llava");
+    let decoder = LlavaDecoder::load(family.model_dir("hub"), options()).unwrap();
+    let case = family
+        .cases()
+        .iter()
+        .find(|c| c["name"] == "hub_damro_pope_dog_wide")
+        .unwrap();
+    let config = config(case, BranchExecution::Batched);
+    let mut seen = Vec::new();
+    let mut streamed = String::new();
+    let out = damro::generate_streaming(
+        &decoder,
+        &[family.request(case, false, PromptTemplate::LlavaV1)],
+        &config,
+        &mut |event| {
+            assert_eq!(event.request, 0);
+            seen.push(event.token_id);
+            streamed.push_str(event.text_delta);
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, ids(&case["generated_ids"]));
+    assert_eq!(streamed.trim(), out[0].text);
+
+    // The recorded text is "with and with ... with. clock with sky with with":
+    // stopping at "clock" keeps what came before it.
+    let full_text = case["text"].as_str().unwrap();
+    let at = full_text.find("clock").unwrap();
+    let mut stopping = config.clone();
+    stopping.stop_strings = vec!["clock".into(), "never-present".into()];
+    let out = generate(
+        &decoder,
+        &[family.request(case, false, PromptTemplate::LlavaV1)],
+        &stopping,
+    )
+    .unwrap();
+    assert_eq!(out[0].finish, FinishReason::StopString("clock".into()));
+    assert_eq!(out[0].text, full_text[..at]);
+    let expected = ids(&case["generated_ids"]);
+    assert!(out[0].token_ids.len() < expected.len());
+    assert_eq!(out[0].token_ids[..], expected[..out[0].token_ids.len()]);
+}
