@@ -1,4 +1,4 @@
-"""A readable reference of DAMRO decoding (shared/DAMRO.md), on top of HF transformers models.
+"""A readable reference of DAMRO decoding (EMNLP 2024, arXiv 2410.04514), on top of HF transformers models.
 
 Three parts:
   * `damro_generate`: the decoding loop (plain or DAMRO, greedy or sampled), two branches,

@@ -387,7 +387,7 @@ fn other_layouts_give_the_same_logits() {
     }
 }
 
-/// DAMRO's token choice (shared/DAMRO.md), written out for the test.
+/// DAMRO's token choice (cutoff, contrast, first argmax), written out for the test.
 fn contrastive(l: &Tensor, lo: &Tensor, alpha: f64, beta: f64) -> Tensor {
     let cutoff = Tensor::from(beta as f32).log() + l.max();
     let s = l * (1.0 + alpha) - lo * alpha;
