@@ -1,7 +1,7 @@
 //! Generates an answer about an image with plain decoding, DAMRO, or both
 //! side by side.
 //!
-//! Run with: `scripts/libtorch-env.sh cargo run --release --example generate -- --model DIR --image PATH --prompt TEXT [--template raw|llava_v1|instructblip] [--mode plain|damro|both] [--alpha A --beta B --top-k K] [--max-new-tokens N] [--seed S | --greedy] [--device cpu|cuda] [--dtype f32|f16|bf16] [--tokenizer as_written|transformers5] [--indexing reference|corrected] [--sequential] [--json]`
+//! Run with: `scripts/libtorch-env.sh cargo run --release --example generate -- --model DIR --image PATH --prompt TEXT [--template raw|llava_v1|instructblip] [--mode plain|damro|both] [--alpha A --beta B --top-k K] [--max-new-tokens N] [--seed S | --greedy] [--device cpu|cuda] [--dtype f32|f16|bf16] [--tokenizer as_written|transformers5] [--preprocess authors|transformers5|torchvision] [--indexing reference|corrected] [--sequential] [--json]`
 //!
 //! DAMRO's alpha/beta/k default to the authors' preset for the model
 //! (LLaVA-1.5: 2 / 0.1 / 10; InstructBLIP: 0.5 / 0.1 / 4). Decoding defaults
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use damro::llm::{PromptTemplate, TokenizerBehavior};
+use damro::vision::preprocess::ProcessorOptions;
 use damro::{
     AutoDecoder, BranchExecution, DamroSettings, Generation, GenerationConfig, ImageSource,
     Indexing, Mode, ModelOptions, Request, generate, generate_streaming,
@@ -34,12 +35,13 @@ struct Args {
     device: Device,
     kind: Kind,
     tokenizer: TokenizerBehavior,
+    preprocessing: ProcessorOptions,
     indexing: Indexing,
     sequential: bool,
     json: bool,
 }
 
-const USAGE: &str = "usage: generate --model DIR --image PATH --prompt TEXT [--template raw|llava_v1|instructblip] [--mode plain|damro|both] [--alpha A --beta B --top-k K] [--max-new-tokens N] [--seed S | --greedy] [--device cpu|cuda] [--dtype f32|f16|bf16] [--tokenizer as_written|transformers5] [--indexing reference|corrected] [--sequential] [--json]";
+const USAGE: &str = "usage: generate --model DIR --image PATH --prompt TEXT [--template raw|llava_v1|instructblip] [--mode plain|damro|both] [--alpha A --beta B --top-k K] [--max-new-tokens N] [--seed S | --greedy] [--device cpu|cuda] [--dtype f32|f16|bf16] [--tokenizer as_written|transformers5] [--preprocess authors|transformers5|torchvision] [--indexing reference|corrected] [--sequential] [--json]";
 
 fn parse_args() -> Result<Args> {
     let mut args = std::env::args().skip(1);
@@ -58,6 +60,7 @@ fn parse_args() -> Result<Args> {
         device: Device::cuda_if_available(),
         kind: Kind::Float,
         tokenizer: TokenizerBehavior::AsWritten,
+        preprocessing: ProcessorOptions::default(),
         indexing: Indexing::Reference,
         sequential: false,
         json: false,
@@ -111,6 +114,16 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "--tokenizer" => out.tokenizer = value()?.parse()?,
+            "--preprocess" => {
+                out.preprocessing = match value()?.as_str() {
+                    "authors" => ProcessorOptions::default(),
+                    "transformers5" => ProcessorOptions::transformers5_pil(),
+                    "torchvision" => ProcessorOptions::transformers5_torchvision(),
+                    other => bail!(
+                        "--preprocess {other}: expected authors, transformers5 or torchvision"
+                    ),
+                }
+            }
             "--indexing" => {
                 out.indexing = match value()?.as_str() {
                     "reference" => Indexing::Reference,
@@ -142,6 +155,7 @@ fn main() -> Result<()> {
         kind: args.kind,
         device: args.device,
         tokenizer: args.tokenizer,
+        preprocessing: args.preprocessing,
     };
     let decoder = AutoDecoder::load(&args.model, options)
         .with_context(|| format!("loading {}", args.model.display()))?;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use damro_llm::{Input, Llama, LlamaConfig, LlamaConfigJson, LogitsAt};
 use damro_nn::{LoadOptions, Weights};
-use damro_vision::preprocess::{ImageInput, ImageProcessor};
+use damro_vision::preprocess::{ImageInput, ImageProcessor, ProcessorOptions};
 use tch::{Device, Kind, Tensor};
 
 use crate::{Error, ImageSource, Result};
@@ -19,6 +19,9 @@ pub struct ModelOptions {
     pub device: Device,
     /// How the LLM tokenizer reads `tokenizer.json`.
     pub tokenizer: damro_llm::TokenizerBehavior,
+    /// Image preprocessing choices the model directory does not make
+    /// (default: the authors' transformers 4.43 PIL processor).
+    pub preprocessing: ProcessorOptions,
 }
 
 impl ModelOptions {
@@ -29,6 +32,7 @@ impl ModelOptions {
             kind: Kind::Float,
             device: Device::Cpu,
             tokenizer: damro_llm::TokenizerBehavior::AsWritten,
+            preprocessing: ProcessorOptions::default(),
         }
     }
 

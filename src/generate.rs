@@ -97,6 +97,12 @@ pub struct GenerationConfig {
     pub mode: Mode,
     /// `None`: greedy (ties to the lowest id); `Some(seed)`: multinomial
     /// sampling from a generator seeded like `torch.manual_seed(seed)`.
+    ///
+    /// Sampling draws from libtorch's global generator, exactly as
+    /// `torch.multinomial` does (that is what makes the draws equal to the
+    /// reference's): generations that sample in several threads at once
+    /// interleave their draws and are then not reproducible. Sample from
+    /// one thread at a time (greedy decoding has no such limit).
     pub seed: Option<u64>,
     /// The token limit.
     pub limit: Limit,

@@ -89,7 +89,7 @@ impl InstructBlipDecoder {
             llm,
             tokenizer: LlamaTokenizer::from_dir(dir, options.tokenizer)?,
             qformer_tokenizer: QFormerTokenizer::from_model_dir(dir)?,
-            processor: ImageProcessor::from_model_dir(dir)?,
+            processor: ImageProcessor::from_model_dir(dir)?.with_options(options.preprocessing),
             options,
             indexing: Indexing::default(),
             decode_bos: decode_bos(&config.text_config),

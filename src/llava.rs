@@ -49,7 +49,7 @@ impl LlavaDecoder {
             vision,
             llm,
             tokenizer: LlamaTokenizer::from_dir(dir, options.tokenizer)?,
-            processor: ImageProcessor::from_model_dir(dir)?,
+            processor: ImageProcessor::from_model_dir(dir)?.with_options(options.preprocessing),
             options,
             order: OutlierOrder::ByScore,
         })

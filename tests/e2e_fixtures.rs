@@ -26,6 +26,9 @@ fn fixtures() -> PathBuf {
 
 fn options() -> ModelOptions {
     let mut options = ModelOptions::cpu_f32();
+    // The fixtures' pixel values come from transformers 5.23's PIL backend
+    // with Pillow 13 (alpha composited on white), not the authors' 4.43.
+    options.preprocessing = damro::vision::preprocess::ProcessorOptions::transformers5_pil();
     if std::env::var("DAMRO_TEST_DEVICE").as_deref() == Ok("cuda") {
         options.device = Device::Cuda(0);
     }
@@ -105,6 +108,11 @@ fn ids(v: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// Seeded sampling draws from libtorch's global generator (as
+/// `torch.multinomial` does), so sampling cases of tests running in
+/// parallel take turns.
+static SAMPLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs one case through `decoder` in every execution mode and image source
 /// and checks the tokens, outliers, prompt ids, text and finish reason.
 fn check_case<D: DamroDecoder>(
@@ -116,6 +124,8 @@ fn check_case<D: DamroDecoder>(
 ) {
     let name = case["name"].as_str().unwrap();
     let expected = ids(&case["generated_ids"]);
+    let _turn =
+        (case["decoding"] == "sample").then(|| SAMPLING.lock().unwrap_or_else(|e| e.into_inner()));
     for execution in [BranchExecution::Batched, BranchExecution::Sequential] {
         for from_png in [false, true] {
             let what = format!("{label} {name} {execution:?} png={from_png}");

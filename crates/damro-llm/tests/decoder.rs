@@ -34,10 +34,18 @@ fn config(extra: serde_json::Value) -> LlamaConfig {
         .unwrap()
 }
 
+/// libtorch's generator is global and the tests run in parallel: seeding
+/// and drawing happen under this lock, so every model and input is the
+/// same whatever else runs.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A random model stored the way LLaVA stores its LLM, loaded back.
 fn model(cfg: &LlamaConfig, kind: Kind) -> Llama {
     let dir = temp_dir("model");
-    write_random_llama(&dir, cfg, "language_model", 7).unwrap();
+    {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        write_random_llama(&dir, cfg, "language_model", 7).unwrap();
+    }
     let ckpt = Checkpoint::open(&dir, &KeyMap::llava()).unwrap();
     let w = Weights::new(
         ckpt,
@@ -54,6 +62,7 @@ fn model(cfg: &LlamaConfig, kind: Kind) -> Llama {
 }
 
 fn embeds(m: &Llama, len: i64, seed: i64) -> Tensor {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let ids = Tensor::randint(m.config().vocab_size, [1, len], (Kind::Int64, Device::Cpu));
     m.embed(&ids).unwrap()
@@ -292,7 +301,10 @@ fn half_precision_runs_close_to_f32() {
 fn loading_reports_problems_and_reads_vocab_from_weights() {
     let cfg = config(serde_json::json!({}));
     let dir = temp_dir("vocab");
-    write_random_llama(&dir, &cfg, "language_model", 1).unwrap();
+    {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        write_random_llama(&dir, &cfg, "language_model", 1).unwrap();
+    }
     let open = || {
         Weights::new(
             Checkpoint::open(&dir, &KeyMap::identity()).unwrap(),

@@ -44,7 +44,9 @@ impl Linear {
 /// right operand) is slow on CPU BLAS: with MKL on 2 cores, 2 rows cost
 /// 2x one row for a 2048x768 weight and 2x for a 32000x768 head, while
 /// `W xᵀ` costs about 1.4x and 0.7x. Batching DAMRO's two branches into one
-/// forward only pays off with this path. One row keeps `linear` (a GEMV).
+/// forward only pays off with this path. One row keeps `linear` (a GEMV);
+/// so do other dtypes and devices (CPU half-precision GEMMs accumulate
+/// differently, and GPU BLAS has no such gap).
 pub const SMALL_BATCH_ROWS: i64 = 16;
 
 impl Module for Linear {
@@ -57,7 +59,8 @@ impl Module for Linear {
             [o, i] => (o, i),
             _ => return Ok(xs.f_linear(&self.weight, self.bias.as_ref())?),
         };
-        if !(2..=SMALL_BATCH_ROWS).contains(&rows) || size.last() != Some(&in_dim) {
+        let cpu_f32 = xs.device() == tch::Device::Cpu && xs.kind() == Kind::Float;
+        if !cpu_f32 || !(2..=SMALL_BATCH_ROWS).contains(&rows) || size.last() != Some(&in_dim) {
             return Ok(xs.f_linear(&self.weight, self.bias.as_ref())?);
         }
         let x = xs.f_reshape([rows, in_dim])?;

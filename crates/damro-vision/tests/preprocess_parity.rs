@@ -65,7 +65,8 @@ fn check_family(family: &str, model_dir: &Path, expected_side: usize) {
             .unwrap()
             .with_options(ProcessorOptions {
                 resampler,
-                ..Default::default()
+                // The references come from transformers 5.23 with Pillow 13.
+                ..ProcessorOptions::transformers5_pil()
             });
         for img in IMAGES {
             let path = fixtures().join("images").join(format!("{img}.png"));

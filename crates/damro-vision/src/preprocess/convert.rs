@@ -31,11 +31,12 @@ use super::{PreprocessError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlphaMode {
     /// Composite onto opaque white, as HF transformers 5.x's
-    /// `convert_to_rgb` does (the default; the fixtures come from it).
-    #[default]
+    /// `convert_to_rgb` does.
     CompositeOnWhite,
-    /// Drop the alpha band, as `PIL.Image.convert("RGB")` does
-    /// (transformers 4.43, the original LLaVA code).
+    /// Drop the alpha band, as `PIL.Image.convert("RGB")` does: what
+    /// transformers 4.43's `convert_to_rgb` (the DAMRO authors' version) and
+    /// the original LLaVA code do. The default.
+    #[default]
     Discard,
 }
 

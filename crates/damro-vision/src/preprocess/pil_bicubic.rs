@@ -184,11 +184,13 @@ fn vertical(src: &Interleaved<'_>, row_shift: usize, w: &AxisWeights) -> Vec<u8>
 /// 240x400 image resized to 224x224, as BLIP does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PillowVersion {
-    /// Pillow 13.x, what HF transformers 5.23 fixtures were made with.
-    #[default]
+    /// Pillow 13.x (what the transformers 5.23 test fixtures were made
+    /// with).
     Pillow13,
-    /// Pillow 12.x and earlier (e.g. the transformers 4.43 environment of
-    /// the DAMRO authors): horizontal pass always first.
+    /// Pillow 12.x and earlier, the default: the DAMRO authors ran
+    /// transformers 4.43 with a Pillow of that era; horizontal pass always
+    /// first.
+    #[default]
     Pre13,
 }
 

@@ -45,6 +45,15 @@ pub enum PadToSquare {
 }
 
 /// Choices the config file does not make.
+///
+/// The default reproduces the DAMRO authors' processors: transformers 4.43
+/// with `use_fast=False` (PIL bicubic, horizontal pass first as Pillow
+/// before 13 does, alpha dropped by `convert("RGB")`).
+/// [`ProcessorOptions::transformers5_pil`] reproduces transformers 5.23's
+/// PIL backend with Pillow 13 (alpha composited on white), and
+/// [`ProcessorOptions::transformers5_torchvision`] its default torchvision
+/// backend. The three agree on opaque images except where Pillow 13's pass
+/// order or the torchvision kernel round differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessorOptions {
     pub resampler: Resampler,
@@ -52,6 +61,26 @@ pub struct ProcessorOptions {
     pub pillow: PillowVersion,
     pub alpha: AlphaMode,
     pub pad_to_square: PadToSquare,
+}
+
+impl ProcessorOptions {
+    /// transformers 5.23's PIL backend (`backend="pil"`) with Pillow 13.
+    pub fn transformers5_pil() -> Self {
+        Self {
+            resampler: Resampler::Pil,
+            pillow: PillowVersion::Pillow13,
+            alpha: AlphaMode::CompositeOnWhite,
+            pad_to_square: PadToSquare::FromConfig,
+        }
+    }
+
+    /// transformers 5.23's default torchvision backend.
+    pub fn transformers5_torchvision() -> Self {
+        Self {
+            resampler: Resampler::Torchvision,
+            ..Self::transformers5_pil()
+        }
+    }
 }
 
 /// Preprocessed pixels of one image, channel-first `f32`.
