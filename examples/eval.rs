@@ -14,6 +14,9 @@
 //!   the seed, so results do not depend on sharding or resuming).
 //! - `pope-score --questions FILE --answers FILE [--metrics FILE]`
 //! - `pope-merge --questions FILE --out FILE SHARD_FILE...`
+//! - `chair-run --model DIR --images DIR --answers FILE [--num-images N] [--prompt TEXT] [...as pope-run]`
+//!   captions the COCO images of a folder (ids from the file names, sorted;
+//!   resumable and shardable like `pope-run`), writing records `chair` reads.
 //! - `chair --captions FILE --synonyms FILE --instances FILE [--instances FILE ...] [--coco-captions FILE ...] [--details FILE] [--metrics FILE]`
 
 use std::collections::HashMap;
@@ -107,7 +110,12 @@ fn write_metrics(path: Option<&str>, json: &str) -> Result<()> {
     Ok(())
 }
 
-fn pope_run(flags: &Flags) -> Result<()> {
+/// The model, its generation config and the mode's name, from the flags
+/// shared by `pope-run` and `chair-run`.
+fn load_model(
+    flags: &Flags,
+    default_max_new: usize,
+) -> Result<(AutoDecoder, GenerationConfig, String, PathBuf)> {
     let device = match flags.get("device").unwrap_or(if tch::Cuda::is_available() {
         "cuda"
     } else {
@@ -125,7 +133,6 @@ fn pope_run(flags: &Flags) -> Result<()> {
         Some(other) => bail!("--dtype {other}: expected f32, f16 or bf16"),
     };
     let model_dir = PathBuf::from(flags.need("model")?);
-    let questions = pope::read_questions(Path::new(flags.need("questions")?))?;
     let decoder = AutoDecoder::load(
         &model_dir,
         ModelOptions {
@@ -146,12 +153,17 @@ fn pope_run(flags: &Flags) -> Result<()> {
         )?),
         other => bail!("--mode {other}: expected plain or damro"),
     };
-    let max_new: usize = flags.parsed("max-new-tokens")?.unwrap_or(16);
+    let max_new: usize = flags.parsed("max-new-tokens")?.unwrap_or(default_max_new);
     let config = if flags.has("greedy") {
         GenerationConfig::greedy(mode, max_new)
     } else {
         GenerationConfig::sampled(mode, max_new, flags.parsed("seed")?.unwrap_or(42))
     };
+    Ok((decoder, config, mode_name, model_dir))
+}
+
+/// Run options from the shared flags.
+fn run_options(flags: &Flags, model_dir: &Path, mode_name: &str) -> Result<RunOptions> {
     let model_id = flags
         .get("model-id")
         .map(str::to_string)
@@ -163,27 +175,43 @@ fn pope_run(flags: &Flags) -> Result<()> {
         });
     let answers = PathBuf::from(flags.need("answers")?);
     let mut options = RunOptions::new(&answers, flags.need("images")?, model_id);
-    options.mode = Some(mode_name.clone());
+    options.mode = Some(mode_name.to_string());
     if let Some(shard) = flags.get("shard") {
         options.shard = shard.parse::<Shard>()?;
         options.answers = options.shard.file_name(&answers);
     }
     options.max_records = flags.parsed("limit")?;
+    Ok(options)
+}
+
+/// The answer function: one generation per job, the job's prompt in the
+/// model's template.
+fn answerer<'a>(
+    decoder: &'a AutoDecoder,
+    config: &'a GenerationConfig,
+) -> impl FnMut(&runner::Job, &Path) -> std::result::Result<String, String> + 'a {
     let template: PromptTemplate = decoder.default_template();
-    let answer = |job: &runner::Job, image: &Path| -> Result<String> {
+    move |job: &runner::Job, image: &Path| {
         let request = Request::new(
             ImageSource::File(image.to_path_buf()),
             &job.prompt,
             template,
         );
-        let out = generate(&decoder, &[request], &config)?;
-        Ok(out.into_iter().next().map(|g| g.text).unwrap_or_default())
-    };
+        generate(decoder, &[request], config)
+            .map(|out| out.into_iter().next().map(|g| g.text).unwrap_or_default())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn pope_run(flags: &Flags) -> Result<()> {
+    let questions = pope::read_questions(Path::new(flags.need("questions")?))?;
+    let (decoder, config, mode_name, model_dir) = load_model(flags, 16)?;
+    let options = run_options(flags, &model_dir, &mode_name)?;
     let mut progress = BarProgress::new(format!("POPE {mode_name}"));
     let summary = runner::run_pope(
         &questions,
         &options,
-        |job: &runner::Job, image: &Path| answer(job, image).map_err(|e| format!("{e:#}")),
+        answerer(&decoder, &config),
         &mut progress,
     )?;
     println!("{summary}");
@@ -201,6 +229,52 @@ fn pope_run(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// Captions every image of `--images` whose file name carries a COCO id
+/// (sorted by id; `--num-images N` keeps the first N), for `chair`.
+fn chair_run(flags: &Flags) -> Result<()> {
+    let (decoder, config, mode_name, model_dir) = load_model(flags, 512)?;
+    let options = run_options(flags, &model_dir, &mode_name)?;
+    let prompt = flags
+        .get("prompt")
+        .unwrap_or("Please describe this image in detail.")
+        .to_string();
+    let mut images: Vec<(u64, String)> = std::fs::read_dir(&options.image_dir)
+        .with_context(|| format!("reading {}", options.image_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            chair::coco_image_id(&name).map(|id| (id, name))
+        })
+        .collect();
+    images.sort();
+    if let Some(n) = flags.parsed::<usize>("num-images")? {
+        images.truncate(n);
+    }
+    if images.is_empty() {
+        bail!(
+            "no COCO image files (e.g. COCO_val2014_000000000042.jpg) in {}",
+            options.image_dir.display()
+        );
+    }
+    let jobs: Vec<runner::Job> = images
+        .into_iter()
+        .enumerate()
+        .map(|(position, (id, image))| runner::Job {
+            id: damro_eval::QuestionId::Int(id as i64),
+            image,
+            prompt: prompt.clone(),
+            position,
+        })
+        .collect();
+    let mut progress = BarProgress::new(format!("captions {mode_name}"));
+    let summary = runner::run(&jobs, &options, answerer(&decoder, &config), &mut progress)?;
+    println!("{summary}");
+    println!(
+        "captions in {} (score them with `chair --captions ...`)",
+        options.answers.display()
+    );
+    Ok(())
+}
 fn pope_score(flags: &Flags) -> Result<()> {
     let questions = pope::read_questions(Path::new(flags.need("questions")?))?;
     let answers = pope::read_answers(Path::new(flags.need("answers")?))?;
@@ -247,11 +321,12 @@ fn main() -> Result<()> {
     let flags = Flags::parse(args, &["greedy"])?;
     match command.as_str() {
         "pope-run" => pope_run(&flags),
+        "chair-run" => chair_run(&flags),
         "pope-score" => pope_score(&flags),
         "pope-merge" => pope_merge(&flags),
         "chair" => chair_score(&flags),
         _ => bail!(
-            "usage: eval pope-run|pope-score|pope-merge|chair ... (see the doc comment of examples/eval.rs)"
+            "usage: eval pope-run|pope-score|pope-merge|chair-run|chair ... (see the doc comment of examples/eval.rs)"
         ),
     }
 }
