@@ -8,6 +8,9 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// How many times (20 ms apart) a held lock is retried.
+const LOCK_ATTEMPTS: u32 = 50;
+
 use crate::pope::AnswerRecord;
 use crate::{BadRecord, Error, QuestionId, Result, jsonl};
 
@@ -38,15 +41,28 @@ impl AnswersFile {
             .create(true)
             .open(path)
             .map_err(|e| Error::io("opening", path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::AnswersLocked {
-                    path: path.to_path_buf(),
-                });
+        // A lock that is still held for a moment after its owner let go
+        // (a process exiting, or a child process forked while the file was
+        // open, until its exec closes the descriptor) is waited for briefly
+        // before the file counts as in use.
+        let mut attempts = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::AnswersLocked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    break;
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
             }
-            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}
-            Err(TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)

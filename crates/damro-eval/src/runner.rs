@@ -24,7 +24,7 @@
 //!   reported in [`RunSummary::unusable_answer_lines`], and their questions
 //!   are redone (scorers and the merge skip such lines and report them).
 //! - **One writer per file.** The answers file is locked
-//!   (`File::try_lock`) for the whole run; a second runner on the same
+//!   (`File::try_lock`, retried for up to 1 s) for the whole run; a second runner on the same
 //!   file fails with [`Error::AnswersLocked`](crate::Error::AnswersLocked). File systems without
 //!   locking support run unlocked.
 //! - **Bad records do not stop the run.** A missing or unreadable image or

@@ -14,7 +14,7 @@ use damro_nn::{Embedding, LayerNorm, Linear, Module, Weights};
 use tch::{Kind, Tensor};
 
 use crate::config::ClipVisionConfig;
-use crate::vit::{self, Mlp};
+use crate::vit;
 use crate::{Error, Result};
 
 /// Class token, patch convolution and learned positions.
@@ -129,33 +129,23 @@ fn full_width_cls_attention(q: &Tensor, k: &Tensor) -> Result<Tensor> {
 }
 
 /// One pre-norm encoder layer (HF `CLIPEncoderLayer`).
-#[derive(Debug)]
-pub struct ClipEncoderLayer {
-    pub layer_norm1: LayerNorm,
-    pub self_attn: ClipAttention,
-    pub layer_norm2: LayerNorm,
-    pub mlp: Mlp,
+pub type ClipEncoderLayer = vit::EncoderLayer<ClipAttention>;
+
+impl vit::TowerAttention for ClipAttention {
+    fn attend(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward(xs, with_cls)
+    }
 }
 
-impl ClipEncoderLayer {
-    fn load(w: &Weights, cfg: &ClipVisionConfig) -> Result<Self> {
-        let d = cfg.hidden_size;
-        Ok(Self {
-            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
-            self_attn: ClipAttention::load(&w.pp("self_attn"), cfg)?,
-            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            mlp: Mlp::load(&w.pp("mlp"), d, cfg.intermediate_size, cfg.hidden_act)?,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let (attn, cls) = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, with_cls)?;
-        let xs = xs.f_add(&attn)?;
-        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
-        Ok((xs.f_add(&mlp)?, cls))
-    }
+fn load_layer(w: &Weights, cfg: &ClipVisionConfig) -> Result<ClipEncoderLayer> {
+    vit::EncoderLayer::load(
+        w,
+        ClipAttention::load(&w.pp("self_attn"), cfg)?,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.layer_norm_eps,
+        cfg.hidden_act,
+    )
 }
 
 /// What a forward of [`ClipVisionTower`] returns.
@@ -221,7 +211,7 @@ impl ClipVisionTower {
         let pre_layrnorm = LayerNorm::load(&w.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?;
         let lw = w.pp("encoder").pp("layers");
         let layers_vec = (0..layers)
-            .map(|i| ClipEncoderLayer::load(&lw.pp(i), cfg))
+            .map(|i| load_layer(&lw.pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
         for i in layers..cfg.num_hidden_layers {
             lw.ignore(&i.to_string());

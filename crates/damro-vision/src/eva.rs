@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 
 use crate::Result;
 use crate::config::EvaVisionConfig;
-use crate::vit::{self, Mlp};
+use crate::vit;
 
 /// Class token, patch convolution (with bias) and learned positions.
 #[derive(Debug)]
@@ -144,33 +144,23 @@ fn head_mean_cls_attention(q: &Tensor, k: &Tensor) -> Result<Tensor> {
 }
 
 /// One pre-norm encoder layer (HF `InstructBlipEncoderLayer`).
-#[derive(Debug)]
-pub struct EvaEncoderLayer {
-    pub layer_norm1: LayerNorm,
-    pub self_attn: EvaAttention,
-    pub layer_norm2: LayerNorm,
-    pub mlp: Mlp,
+pub type EvaEncoderLayer = vit::EncoderLayer<EvaAttention>;
+
+impl vit::TowerAttention for EvaAttention {
+    fn attend(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward(xs, with_cls)
+    }
 }
 
-impl EvaEncoderLayer {
-    fn load(w: &Weights, cfg: &EvaVisionConfig) -> Result<Self> {
-        let d = cfg.hidden_size;
-        Ok(Self {
-            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
-            self_attn: EvaAttention::load(&w.pp("self_attn"), cfg)?,
-            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            mlp: Mlp::load(&w.pp("mlp"), d, cfg.intermediate_size, cfg.hidden_act)?,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let (attn, cls) = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, with_cls)?;
-        let xs = xs.f_add(&attn)?;
-        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
-        Ok((xs.f_add(&mlp)?, cls))
-    }
+fn load_layer(w: &Weights, cfg: &EvaVisionConfig) -> Result<EvaEncoderLayer> {
+    vit::EncoderLayer::load(
+        w,
+        EvaAttention::load(&w.pp("self_attn"), cfg)?,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.layer_norm_eps,
+        cfg.hidden_act,
+    )
 }
 
 /// The result of an [`EvaVisionTower`] forward.
@@ -201,7 +191,7 @@ impl EvaVisionTower {
         Ok(Self {
             embeddings: EvaEmbeddings::load(&w.pp("embeddings"), cfg)?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| EvaEncoderLayer::load(&lw.pp(i), cfg))
+                .map(|i| load_layer(&lw.pp(i), cfg))
                 .collect::<Result<Vec<_>>>()?,
             post_layernorm: LayerNorm::load(
                 &w.pp("post_layernorm"),

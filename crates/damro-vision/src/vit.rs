@@ -1,7 +1,7 @@
 //! Pieces shared by the CLIP and EVA vision towers: the MLP, the patch
 //! embedding convolution, layer-index resolution and input checks.
 
-use damro_nn::{Activation, Linear, Module, Weights};
+use damro_nn::{Activation, LayerNorm, Linear, Module, Weights};
 use tch::Tensor;
 
 use crate::{Error, Result};
@@ -145,5 +145,53 @@ mod tests {
         assert_eq!(layer_index(-2, 24).unwrap(), 22);
         assert_eq!(layer_index(-2, 39).unwrap(), 37);
         assert!(layer_index(24, 24).is_err());
+    }
+}
+
+/// The self-attention of a vision tower: the attention output and, when
+/// asked, DAMRO's [CLS] scores of that layer.
+pub trait TowerAttention {
+    /// # Shapes
+    /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`, scores
+    /// `[batch, tokens - 1]` (f32)
+    fn attend(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)>;
+}
+
+/// One pre-norm encoder layer (HF `CLIPEncoderLayer`,
+/// `InstructBlipEncoderLayer`): `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug)]
+pub struct EncoderLayer<A> {
+    pub layer_norm1: LayerNorm,
+    pub self_attn: A,
+    pub layer_norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl<A: TowerAttention> EncoderLayer<A> {
+    /// Loads the norms and the MLP around an already loaded attention.
+    pub(crate) fn load(
+        w: &Weights,
+        self_attn: A,
+        hidden: i64,
+        intermediate: i64,
+        eps: f64,
+        activation: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), hidden, eps)?,
+            self_attn,
+            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), hidden, eps)?,
+            mlp: Mlp::load(&w.pp("mlp"), hidden, intermediate, activation)?,
+        })
+    }
+
+    /// The layer's output and, when `with_cls`, its [CLS] scores.
+    pub(crate) fn forward(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (attn, cls) = self
+            .self_attn
+            .attend(&self.layer_norm1.forward(xs)?, with_cls)?;
+        let xs = xs.f_add(&attn)?;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
+        Ok((xs.f_add(&mlp)?, cls))
     }
 }
