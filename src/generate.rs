@@ -190,7 +190,7 @@ pub fn generate<D: DamroDecoder + ?Sized>(
     requests: &[Request],
     config: &GenerationConfig,
 ) -> Result<Vec<Generation>> {
-    generate_streaming(decoder, requests, config, &mut |_| {})
+    run(decoder, requests, config, None)
 }
 
 struct Row {
@@ -209,6 +209,19 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
     config: &GenerationConfig,
     on_token: &mut dyn FnMut(&TokenEvent<'_>),
 ) -> Result<Vec<Generation>> {
+    run(decoder, requests, config, Some(on_token))
+}
+
+/// The loop behind [`generate`] and [`generate_streaming`]. Text is decoded
+/// per step only when something reads it (a callback or stop strings);
+/// otherwise once at the end.
+fn run<D: DamroDecoder + ?Sized>(
+    decoder: &D,
+    requests: &[Request],
+    config: &GenerationConfig,
+    mut on_token: Option<&mut dyn FnMut(&TokenEvent<'_>)>,
+) -> Result<Vec<Generation>> {
+    let decode_each_step = on_token.is_some() || !config.stop_strings.is_empty();
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -285,17 +298,18 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
                 continue;
             }
             row.tokens.push(id);
-            let text = decoder.decode(&row.tokens)?;
-            let delta = text
-                .strip_prefix(row.text.as_str())
-                .unwrap_or(&text)
-                .to_string();
-            on_token(&TokenEvent {
-                request: i,
-                token_id: id,
-                text_delta: &delta,
-            });
-            row.text = text;
+            if decode_each_step {
+                let text = decoder.decode(&row.tokens)?;
+                if let Some(on_token) = on_token.as_mut() {
+                    let delta = text.strip_prefix(row.text.as_str()).unwrap_or(&text);
+                    on_token(&TokenEvent {
+                        request: i,
+                        token_id: id,
+                        text_delta: delta,
+                    });
+                }
+                row.text = text;
+            }
             if stop_ids.contains(&id) {
                 row.finish = Some(FinishReason::Eos);
             } else if let Some((at, stop)) = config
@@ -316,16 +330,22 @@ pub fn generate_streaming<D: DamroDecoder + ?Sized>(
         let ids = Tensor::f_from_slice(&ids)?.f_to_device(device)?;
         logits = branches.step(decoder, &ids)?;
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| Generation {
-            prompt_ids: r.prompt_ids,
-            token_ids: r.tokens,
-            text: r.text,
-            outliers: r.outliers,
-            finish: r.finish.unwrap_or(FinishReason::Length),
+    rows.into_iter()
+        .map(|r| {
+            let text = if decode_each_step {
+                r.text
+            } else {
+                decoder.decode(&r.tokens)?
+            };
+            Ok(Generation {
+                prompt_ids: r.prompt_ids,
+                token_ids: r.tokens,
+                text,
+                outliers: r.outliers,
+                finish: r.finish.unwrap_or(FinishReason::Length),
+            })
         })
-        .collect())
+        .collect()
 }
 
 fn squeeze_row(embeds: &Tensor, what: &str) -> Result<Tensor> {
