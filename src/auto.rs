@@ -12,7 +12,7 @@ use damro_outlier::{
 use damro_sampler::DamroPreset;
 use tch::{Device, Tensor};
 
-use crate::common::pixel_values;
+use crate::common::{check_model_dir, pixel_values};
 use crate::{
     Branches, DamroDecoder, Error, ImageSource, InstructBlipDecoder, LlavaDecoder, ModelOptions,
     Request, Result, VisualTokens,
@@ -36,16 +36,8 @@ impl AutoDecoder {
     /// Loads the model directory with the adapter its `model_type` names.
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
+        check_model_dir(dir)?;
         let config = dir.join("config.json");
-        if !config.is_file() {
-            return Err(Error::invalid(
-                "model directory",
-                format!(
-                    "{} has no config.json (expected a HuggingFace model directory)",
-                    dir.display()
-                ),
-            ));
-        }
         let ModelType { model_type } = read_json(&config)?;
         match model_type.as_deref() {
             Some("llava") => Ok(Self::Llava(Box::new(LlavaDecoder::load(dir, options)?))),

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use damro_llm::{Input, Llama, LlamaConfig, LlamaConfigJson, LogitsAt};
-use damro_nn::{LoadOptions, Weights};
+use damro_llm::{Input, Llama, LlamaConfig, LlamaConfigJson, LlamaTokenizer, LogitsAt};
+use damro_nn::{Checkpoint, KeyMap, LoadOptions, Weights};
+use damro_outlier::{OutlierOrder, TokenIndexing, gather_tokens, select_outliers};
 use damro_vision::preprocess::{ImageInput, ImageProcessor, ProcessorOptions};
 use tch::{Device, Kind, Tensor};
 
@@ -135,6 +136,59 @@ pub(crate) fn to_u32(ids: &[i64]) -> Result<Vec<u32>> {
                 .map_err(|_| Error::invalid("token id", format!("{i} is negative or too large")))
         })
         .collect()
+}
+
+/// The [CLS] scores a vision tower returned, or the error saying it was
+/// configured without them.
+pub(crate) fn require_cls(attention: Option<Tensor>) -> Result<Tensor> {
+    attention.ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
+}
+
+/// DAMRO's outlier tokens: the top-`k` patches by [CLS] `attention`
+/// `[1, patches]`, gathered from `features` as `indexing` says. Returns the
+/// gathered rows `[1, k, dim]` and the patch indices in selection order.
+pub(crate) fn outlier_tokens(
+    features: &Tensor,
+    attention: Option<Tensor>,
+    k: usize,
+    order: OutlierOrder,
+    indexing: TokenIndexing,
+) -> Result<(Tensor, Vec<i64>)> {
+    let outliers = select_outliers(&require_cls(attention)?, k, order)?;
+    let gathered = gather_tokens(features, &outliers, indexing)?;
+    let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+    Ok((gathered, indices))
+}
+
+/// The root of a model directory's checkpoint, after checking it is one.
+pub(crate) fn open_weights(
+    dir: &Path,
+    key_map: &KeyMap,
+    options: &ModelOptions,
+) -> Result<Weights> {
+    check_model_dir(dir)?;
+    Ok(Weights::new(
+        Checkpoint::open(dir, key_map)?,
+        options.load_options(),
+    )?)
+}
+
+/// What both adapters load besides their vision side: the language model
+/// (after which the checkpoint must be fully used), the LLM tokenizer and
+/// the image processor.
+pub(crate) fn load_language_side(
+    dir: &Path,
+    root: &Weights,
+    text_config: &serde_json::Value,
+    options: &ModelOptions,
+) -> Result<(Llama, LlamaTokenizer, ImageProcessor)> {
+    let llm = load_language_model(root, text_config)?;
+    root.finish()?;
+    Ok((
+        llm,
+        LlamaTokenizer::from_dir(dir, options.tokenizer)?,
+        ImageProcessor::from_model_dir(dir)?.with_options(options.preprocessing),
+    ))
 }
 
 /// The directory exists and has a `config.json`.

@@ -20,16 +20,17 @@
 use std::path::Path;
 
 use damro_llm::{Llama, LlamaTokenizer};
-use damro_nn::{Checkpoint, KeyMap, Weights};
-use damro_outlier::{OutlierOrder, TokenIndexing, gather_tokens, select_outliers};
+use damro_nn::KeyMap;
+use damro_outlier::{OutlierOrder, TokenIndexing};
 use damro_vision::preprocess::ImageProcessor;
 use damro_vision::{InstructBlipConfig, InstructBlipVision, QFormerTokenizer};
 use tch::{Device, Tensor};
 
 use crate::common::{
-    ModelOptions, check_model_dir, load_language_model, pixel_values, to_i64, to_u32,
+    ModelOptions, load_language_side, open_weights, outlier_tokens, pixel_values, require_cls,
+    to_i64, to_u32,
 };
-use crate::{Branches, DamroDecoder, Error, Request, Result, VisualTokens};
+use crate::{Branches, DamroDecoder, Request, Result, VisualTokens};
 
 /// Which vision-output rows the outlier patch indices address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,21 +76,17 @@ impl InstructBlipDecoder {
     /// Loads an InstructBLIP model directory.
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        check_model_dir(dir)?;
+        let root = open_weights(dir, &KeyMap::identity(), &options)?;
         let config = InstructBlipConfig::from_dir(dir)?;
-        let root = Weights::new(
-            Checkpoint::open(dir, &KeyMap::identity())?,
-            options.load_options(),
-        )?;
         let vision = InstructBlipVision::load_from(&root, &config)?;
-        let llm = load_language_model(&root, &config.text_config)?;
-        root.finish()?;
+        let (llm, tokenizer, processor) =
+            load_language_side(dir, &root, &config.text_config, &options)?;
         Ok(Self {
             vision,
             llm,
-            tokenizer: LlamaTokenizer::from_dir(dir, options.tokenizer)?,
+            tokenizer,
             qformer_tokenizer: QFormerTokenizer::from_model_dir(dir)?,
-            processor: ImageProcessor::from_model_dir(dir)?.with_options(options.preprocessing),
+            processor,
             options,
             indexing: Indexing::default(),
             decode_bos: decode_bos(&config.text_config),
@@ -125,10 +122,7 @@ impl InstructBlipDecoder {
     /// DAMRO's [CLS] scores `[1, 256]` (f32) of preprocessed pixels
     /// `[1, 3, 224, 224]` on the model's device and dtype.
     pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vision
-            .encode_image(pixels)?
-            .cls_attention
-            .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
+        require_cls(self.vision.encode_image(pixels)?.cls_attention)
     }
 }
 
@@ -154,16 +148,17 @@ impl DamroDecoder for InstructBlipDecoder {
         let (outlier, outlier_indices) = match outlier_k {
             None => (None, Vec::new()),
             Some(k) => {
-                let attention = image
-                    .cls_attention
-                    .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))?;
-                let outliers = select_outliers(&attention, k, OutlierOrder::ByScore)?;
                 let indexing = match self.indexing {
                     Indexing::Reference => TokenIndexing::ClsFirstReference,
                     Indexing::Corrected => TokenIndexing::ClsFirstCorrected,
                 };
-                let gathered = gather_tokens(&image.last_hidden_state, &outliers, indexing)?;
-                let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+                let (gathered, indices) = outlier_tokens(
+                    &image.last_hidden_state,
+                    image.cls_attention,
+                    k,
+                    OutlierOrder::ByScore,
+                    indexing,
+                )?;
                 (Some(self.vision.image_prefix(&gathered, &text)?), indices)
             }
         };

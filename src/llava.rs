@@ -10,14 +10,15 @@
 use std::path::Path;
 
 use damro_llm::{Llama, LlamaTokenizer};
-use damro_nn::{Checkpoint, KeyMap, Weights};
-use damro_outlier::{OutlierOrder, TokenIndexing, gather_tokens, select_outliers};
+use damro_nn::KeyMap;
+use damro_outlier::{OutlierOrder, TokenIndexing};
 use damro_vision::preprocess::ImageProcessor;
 use damro_vision::{LlavaConfig, LlavaVision};
 use tch::{Device, Tensor};
 
 use crate::common::{
-    ModelOptions, check_model_dir, load_language_model, pixel_values, to_i64, to_u32,
+    ModelOptions, load_language_side, open_weights, outlier_tokens, pixel_values, require_cls,
+    to_i64, to_u32,
 };
 use crate::{Branches, DamroDecoder, Error, Request, Result, VisualTokens};
 
@@ -36,20 +37,16 @@ impl LlavaDecoder {
     /// Loads a LLaVA-1.5 model directory.
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        check_model_dir(dir)?;
+        let root = open_weights(dir, &KeyMap::llava(), &options)?;
         let config = LlavaConfig::from_dir(dir)?;
-        let root = Weights::new(
-            Checkpoint::open(dir, &KeyMap::llava())?,
-            options.load_options(),
-        )?;
         let vision = LlavaVision::load_from(&root, &config)?;
-        let llm = load_language_model(&root, &config.text_config)?;
-        root.finish()?;
+        let (llm, tokenizer, processor) =
+            load_language_side(dir, &root, &config.text_config, &options)?;
         Ok(Self {
             vision,
             llm,
-            tokenizer: LlamaTokenizer::from_dir(dir, options.tokenizer)?,
-            processor: ImageProcessor::from_model_dir(dir)?.with_options(options.preprocessing),
+            tokenizer,
+            processor,
             options,
             order: OutlierOrder::ByScore,
         })
@@ -94,7 +91,7 @@ impl LlavaDecoder {
     /// `[1, 3, 336, 336]` on the model's device and dtype.
     pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
         let (_, attention) = self.vision.features(pixels)?;
-        attention.ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))
+        require_cls(attention)
     }
 
     fn prompt_ids(&self, request: &Request) -> Result<Vec<i64>> {
@@ -122,11 +119,13 @@ impl DamroDecoder for LlavaDecoder {
         let (outlier, outlier_indices) = match outlier_k {
             None => (None, Vec::new()),
             Some(k) => {
-                let attention = attention
-                    .ok_or_else(|| Error::invalid("vision config", "no [CLS] attention layer"))?;
-                let outliers = select_outliers(&attention, k, self.order)?;
-                let gathered = gather_tokens(&features, &outliers, TokenIndexing::PatchFeatures)?;
-                let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+                let (gathered, indices) = outlier_tokens(
+                    &features,
+                    attention,
+                    k,
+                    self.order,
+                    TokenIndexing::PatchFeatures,
+                )?;
                 (Some(self.vision.project(&gathered)?), indices)
             }
         };

@@ -132,18 +132,25 @@ impl Default for RawClipVisionConfig {
     }
 }
 
+/// The square image and patch sides of a vision config, the patch no
+/// larger than the image.
+fn patch_geometry(image_size: RawSize, patch_size: RawSize) -> Result<(i64, i64)> {
+    let image_size = image_size.square("image_size")?;
+    let patch_size = patch_size.square("patch_size")?;
+    if patch_size > image_size {
+        return Err(Error::config(
+            "patch_size",
+            format!("{patch_size} is larger than image_size {image_size}"),
+        ));
+    }
+    Ok((image_size, patch_size))
+}
+
 impl RawClipVisionConfig {
     /// Validates the section.
     pub fn into_config(self) -> Result<ClipVisionConfig> {
         let hidden_size = positive("hidden_size", self.hidden_size)?;
-        let image_size = self.image_size.square("image_size")?;
-        let patch_size = self.patch_size.square("patch_size")?;
-        if patch_size > image_size {
-            return Err(Error::config(
-                "patch_size",
-                format!("{patch_size} is larger than image_size {image_size}"),
-            ));
-        }
+        let (image_size, patch_size) = patch_geometry(self.image_size, self.patch_size)?;
         Ok(ClipVisionConfig {
             hidden_size,
             intermediate_size: positive("intermediate_size", self.intermediate_size)?,
@@ -244,14 +251,7 @@ impl RawEvaVisionConfig {
     /// Validates the section.
     pub fn into_config(self) -> Result<EvaVisionConfig> {
         let hidden_size = positive("hidden_size", self.hidden_size)?;
-        let image_size = self.image_size.square("image_size")?;
-        let patch_size = self.patch_size.square("patch_size")?;
-        if patch_size > image_size {
-            return Err(Error::config(
-                "patch_size",
-                format!("{patch_size} is larger than image_size {image_size}"),
-            ));
-        }
+        let (image_size, patch_size) = patch_geometry(self.image_size, self.patch_size)?;
         Ok(EvaVisionConfig {
             hidden_size,
             intermediate_size: positive("intermediate_size", self.intermediate_size)?,
