@@ -49,6 +49,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A named choice (a scoring rule, ...) is not one of the known values.
+    #[error("unknown {what} `{value}` (expected {expected})")]
+    InvalidChoice {
+        /// What was being chosen.
+        what: &'static str,
+        /// The rejected text.
+        value: String,
+        /// The accepted values, in words.
+        expected: &'static str,
+    },
     /// Another process holds the lock on this answers file (two runners
     /// would interleave and duplicate records).
     #[error("answers file `{}` is locked by another run", path.display())]

@@ -38,6 +38,7 @@ pub mod merge;
 pub mod pope;
 pub mod progress;
 mod record;
+pub mod report;
 pub mod runner;
 pub mod shard;
 
@@ -45,6 +46,7 @@ pub use error::{Error, Result};
 pub use merge::{MergeMismatch, MergeReport, merge_answers};
 pub use progress::{BarProgress, Progress, Silent};
 pub use record::{BadRecord, BadRecordKind, QuestionId, count_by_kind};
+pub use report::{RunInfo, RunSettings};
 pub use runner::{Answerer, Job, RunOptions, RunSummary, StopReason, run, run_pope};
 pub use shard::Shard;
 

@@ -255,11 +255,37 @@ fn scores_the_synthetic_captions() {
     assert_eq!(d6.recall, 0.0); // 0 / 0 -> 0
     assert_eq!(report.captions[6].image_id, 1); // `question_id` read as the image id
 
+    // where the numbers come from: 7 readable captions (lines 1-6 and 9),
+    // 2 unreadable lines ("abc" and the non-JSON line); only line 9 has a
+    // model id
+    assert_eq!(report.info.model_ids, ["fake"]);
+    assert_eq!(
+        (report.info.scored_answers, report.info.unscored_answers),
+        (7, 2)
+    );
+    let report = report.with_settings(damro_eval::RunSettings::new().with("mode", "damro"));
+
     // JSON round trip and the table
     let json = damro_eval::to_json_pretty(&report).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["settings"]["mode"], "damro");
+    assert_eq!(value["model_ids"][0], "fake");
+    assert_eq!(value["unscored_answers"], 2);
     let back: chair::ChairReport = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
     assert!(report.to_string().contains("CHAIR_i"));
+    assert!(report.to_string().contains("mode=damro"));
+    let mut report = report;
+    let details = report.take_details();
+    assert_eq!(details.len(), 7);
+    assert!(
+        !to_json_pretty_contains(&report, "\"captions\": ["),
+        "details left out of the summary JSON"
+    );
+}
+
+fn to_json_pretty_contains(report: &chair::ChairReport, needle: &str) -> bool {
+    damro_eval::to_json_pretty(report).unwrap().contains(needle)
 }
 
 #[test]

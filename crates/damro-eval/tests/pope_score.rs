@@ -5,7 +5,9 @@
 
 mod common;
 
-use damro_eval::pope::score::{PopeCounts, PopeMetrics, PopeReport, parse_yes_no, score};
+use damro_eval::pope::score::{
+    PopeCounts, PopeMetrics, PopeReport, PopeRule, parse_damro, parse_yes_no, score, score_with,
+};
 use damro_eval::pope::{self, AnswerSet, Label, QuestionSet, parse_answers, parse_questions};
 use damro_eval::{BadRecordKind, QuestionId};
 
@@ -37,6 +39,92 @@ fn yes_no_parsing_follows_the_standard_rule() {
     for (answer, expected) in cases {
         assert_eq!(parse_yes_no(answer), expected, "answer {answer:?}");
     }
+}
+
+#[test]
+fn the_two_rules_disagree_where_the_authors_script_reads_substrings() {
+    // (answer, label, authors' rule, common rule); each worked out by hand:
+    // the authors' rule looks for "yes" (label yes) or "no" (label no) as a
+    // lower-cased substring; the common rule looks for the words
+    // "No"/"not"/"no" in the first sentence.
+    let cases = [
+        // "know" contains "no"; the words are "I", "know"
+        ("I know", Label::No, Label::No, Label::Yes),
+        // contains "yes"; the words include "no"
+        ("Yes, there is no dog", Label::Yes, Label::Yes, Label::No),
+        // the same answer to a "no" question: "no" is in it for both
+        ("Yes, there is no dog", Label::No, Label::No, Label::No),
+        // "not" contains "no"; the word "not" is in the list too
+        ("not sure", Label::No, Label::No, Label::No),
+        // no "yes" in it; the word "not" -> no for both
+        ("not sure", Label::Yes, Label::No, Label::No),
+        // lower-cased "no"; "NO" is not one of the words
+        ("NO", Label::No, Label::No, Label::Yes),
+        // "nope" contains "no"; "Nope" is not a word of the list
+        ("Nope", Label::No, Label::No, Label::Yes),
+        // "unknown" contains "no"
+        ("Unknown", Label::No, Label::No, Label::Yes),
+        // no "yes" in "I don't know" -> wrong for a yes label
+        ("I don't know", Label::Yes, Label::No, Label::Yes),
+        // "eyes" contains "yes"
+        ("Two eyes", Label::Yes, Label::Yes, Label::Yes),
+        // a "no" label and no "no" substring -> counted as yes
+        ("There is a dog.", Label::No, Label::Yes, Label::Yes),
+        // empty: wrong under the authors' rule whatever the label
+        ("", Label::Yes, Label::No, Label::Yes),
+        ("", Label::No, Label::Yes, Label::Yes),
+        // stripped and lower-cased
+        ("  YES \n", Label::Yes, Label::Yes, Label::Yes),
+    ];
+    for (answer, label, damro, pope) in cases {
+        assert_eq!(
+            parse_damro(answer, label),
+            damro,
+            "damro: {answer:?} / {label}"
+        );
+        assert_eq!(PopeRule::Damro.judge(answer, label), damro, "{answer:?}");
+        assert_eq!(
+            PopeRule::Pope.judge(answer, label),
+            pope,
+            "pope: {answer:?} / {label}"
+        );
+    }
+    assert_eq!("DAMRO".parse::<PopeRule>().unwrap(), PopeRule::Damro);
+    assert_eq!(" pope".parse::<PopeRule>().unwrap(), PopeRule::Pope);
+    assert!(matches!(
+        "vcd".parse::<PopeRule>(),
+        Err(damro_eval::Error::InvalidChoice { .. })
+    ));
+}
+
+#[test]
+fn the_authors_rule_on_the_fixture_files() {
+    let questions = pope::read_questions(&common::data("pope_questions.jsonl")).unwrap();
+    let answers = pope::read_answers(&common::data("pope_answers.jsonl")).unwrap();
+    let report = score_with(&questions, &answers, PopeRule::Damro);
+    // label / answer -> authors' rule -> cell
+    // q1  yes / "Yes, there is a dog ..."  -> has "yes"    -> TP
+    // q2  yes / "No."                      -> no "yes"     -> FN
+    // q3  no  / "No, there is no cat."     -> has "no"     -> TN
+    // q4  no  / "Yes"                      -> no "no"      -> FP
+    // q5  no  / "There is not a bus ..."   -> "not" has no -> TN
+    // q6  yes / "Yes. It is not blue."     -> has "yes"    -> TP
+    // q7  no  / "NO"                       -> "no"         -> TN (common rule: FP)
+    // q8  yes / "No\nthere is a motorcycle"-> no "yes"     -> FN (common rule: TP)
+    // q9  yes / "I don't know"             -> no "yes"     -> FN (common rule: TP)
+    // q10 no  / "nope, not at all"         -> has "no"     -> TN
+    // TP 2, FP 1, TN 4, FN 3
+    let c = report.counts;
+    assert_eq!((c.tp, c.fp, c.tn, c.fn_), (2, 1, 4, 3));
+    // accuracy 6/10; precision 2/3; recall 2/5; F1 = (8/15)/(16/15) = 1/2;
+    // yes ratio 3/10
+    let m = report.metrics;
+    assert!(close(m.accuracy, 0.6), "{m:?}");
+    assert!(close(m.precision, 2.0 / 3.0), "{m:?}");
+    assert!(close(m.recall, 0.4), "{m:?}");
+    assert!(close(m.f1, 0.5), "{m:?}");
+    assert!(close(m.yes_ratio, 0.3), "{m:?}");
+    assert_eq!(report.rule, PopeRule::Damro);
 }
 
 #[test]
@@ -104,6 +192,27 @@ fn scores_the_fixture_files() {
         serde_json::from_str(&damro_eval::to_json_pretty(&report).unwrap()).unwrap();
     assert_eq!(json["counts"]["fn"], 1);
     assert_eq!(json["counts"]["tp"], 4);
+    // rule, model ids and answer tallies: 10 scored; unscored = 2 unmatched
+    // + 1 duplicate + 1 malformed; only the first record names a model
+    assert_eq!(json["rule"], "pope");
+    assert_eq!(json["model_ids"], serde_json::json!(["fake"]));
+    assert_eq!(json["scored_answers"], 10);
+    assert_eq!(json["unscored_answers"], 4);
+    assert!(!report.nothing_scored());
+    let with = report.clone().with_settings(
+        damro_eval::RunSettings::new()
+            .with("alpha", 0.5)
+            .with("mode", "damro"),
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&damro_eval::to_json_pretty(&with).unwrap()).unwrap();
+    assert_eq!(
+        json["settings"],
+        serde_json::json!({"alpha": 0.5, "mode": "damro"})
+    );
+    let back: PopeReport =
+        serde_json::from_str(&damro_eval::to_json_pretty(&with).unwrap()).unwrap();
+    assert_eq!(back, with);
     let table = report.to_string();
     assert!(
         table.contains("accuracy") && table.contains("70.00"),
@@ -162,6 +271,7 @@ fn string_and_integer_ids_are_distinct() {
 fn empty_inputs_score_to_zero() {
     let report = score(&QuestionSet::default(), &AnswerSet::default());
     assert_eq!(report, PopeReport::from_counts(PopeCounts::default()));
+    assert!(report.nothing_scored());
     assert_eq!(report.metrics, PopeMetrics::default());
 }
 

@@ -151,6 +151,8 @@ pub struct GeneratedCaption {
     pub image_id: u64,
     /// The caption text.
     pub caption: String,
+    /// The record's `model_id` (empty when the file has none).
+    pub model_id: String,
 }
 
 /// The usable captions of a file and the records that were not usable.
@@ -176,6 +178,8 @@ struct RawCaption {
     image_id: QuestionId,
     #[serde(alias = "output", alias = "text")]
     caption: String,
+    #[serde(default)]
+    model_id: String,
 }
 
 fn caption_from_raw(
@@ -189,6 +193,7 @@ fn caption_from_raw(
         Some(image_id) => Ok(GeneratedCaption {
             image_id,
             caption: raw.caption,
+            model_id: raw.model_id,
         }),
         None => Err((
             Some(raw.image_id),

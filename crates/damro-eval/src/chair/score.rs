@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{CaptionSet, ChairEvaluator, GroundTruth, Mention};
+use crate::{RunInfo, RunSettings};
 
 /// The per-caption result, as in the standard script's `sentences` output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,16 +93,41 @@ impl ChairMetrics {
     }
 }
 
-/// Metrics, counts and per-caption details. Serialises to the metrics JSON;
+/// Metrics, counts and per-caption details. Serialises to the metrics JSON
+/// (the details only while [`ChairReport::captions`] is not empty: take
+/// them out with [`ChairReport::take_details`] for a short metrics file);
 /// `Display` is the plain-text summary table (without the details).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChairReport {
+    /// Settings, model ids, scored captions and unreadable caption records.
+    #[serde(flatten)]
+    pub info: RunInfo,
     /// CHAIR_s, CHAIR_i, recall, average length.
     pub metrics: ChairMetrics,
     /// The counts behind them.
     pub counts: ChairCounts,
     /// One entry per scored caption, in input order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub captions: Vec<CaptionDetail>,
+}
+
+impl ChairReport {
+    /// The report with the caller's run settings recorded.
+    pub fn with_settings(mut self, settings: RunSettings) -> Self {
+        self.info.settings = settings;
+        self
+    }
+
+    /// Moves the per-caption details out (e.g. to write them to their own
+    /// file), leaving the summary.
+    pub fn take_details(&mut self) -> Vec<CaptionDetail> {
+        std::mem::take(&mut self.captions)
+    }
+
+    /// Whether no caption was scored (see [`RunInfo::nothing_scored`]).
+    pub fn nothing_scored(&self) -> bool {
+        self.info.nothing_scored()
+    }
 }
 
 /// Scores every caption of `captions` (see the parent module for the
@@ -149,6 +175,11 @@ pub fn score(
         });
     }
     ChairReport {
+        info: RunInfo::new(
+            captions.captions.iter().map(|c| c.model_id.as_str()),
+            counts.captions,
+            counts.bad_captions,
+        ),
         metrics: ChairMetrics::from_counts(&counts),
         counts,
         captions: details,
@@ -159,6 +190,10 @@ impl fmt::Display for ChairReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (m, c) = (&self.metrics, &self.counts);
         writeln!(f, "CHAIR")?;
+        let info = self.info.describe();
+        if !info.is_empty() {
+            writeln!(f, "  {info}")?;
+        }
         writeln!(f, "  captions            {:>8}", c.captions)?;
         writeln!(
             f,

@@ -1,6 +1,18 @@
 //! The POPE scorer: yes/no parsing of free-text answers and the metrics.
 //!
-//! # Answer parsing
+//! Two answer rules are available ([`PopeRule`]); they give different
+//! figures on the same answers, so every report records which one it used.
+//!
+//! # The DAMRO authors' rule ([`PopeRule::Damro`])
+//! The authors' own `eval_pope.py` judges an answer *against its label*:
+//! the answer is lower-cased and stripped; for a `yes` label it counts as
+//! **yes** iff it contains the substring `yes`, otherwise **no**; for a `no`
+//! label it counts as **no** iff it contains the substring `no`, otherwise
+//! **yes**. So `"I know"` or `"not sure"` count as a right "no", and an
+//! empty answer is wrong whatever the label. Use it to reproduce the paper's
+//! figures ([`parse_damro`]).
+//!
+//! # The common rule ([`PopeRule::Pope`])
 //! [`parse_yes_no`] follows the standard POPE evaluation script
 //! (`evaluate.py` in the POPE repository; LLaVA's and VCD's `eval_pope.py`
 //! use the same rule), character for character:
@@ -36,7 +48,83 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{AnswerSet, Label, QuestionSet};
-use crate::BadRecordKind;
+use crate::{BadRecordKind, RunInfo, RunSettings};
+
+/// Which rule turns a free-text answer into yes/no (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum PopeRule {
+    /// The DAMRO authors' `eval_pope.py`: substring `yes` / `no` depending
+    /// on the label ([`parse_damro`]). Reproduces the paper.
+    Damro,
+    /// The standard POPE / LLaVA / VCD rule ([`parse_yes_no`]); what
+    /// [`score`] uses.
+    #[default]
+    Pope,
+}
+
+impl PopeRule {
+    /// Both rules, in the order tables list them.
+    pub const ALL: [Self; 2] = [Self::Damro, Self::Pope];
+
+    /// The rule's name (`damro`, `pope`), as in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Damro => "damro",
+            Self::Pope => "pope",
+        }
+    }
+
+    /// What `answer` counts as for a question labelled `truth`.
+    pub fn judge(self, answer: &str, truth: Label) -> Label {
+        match self {
+            Self::Damro => parse_damro(answer, truth),
+            Self::Pope => parse_yes_no(answer),
+        }
+    }
+}
+
+impl fmt::Display for PopeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PopeRule {
+    type Err = crate::Error;
+
+    /// Parses `damro` or `pope` (letter case ignored).
+    fn from_str(text: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|rule| rule.as_str().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| crate::Error::InvalidChoice {
+                what: "POPE rule",
+                value: text.to_owned(),
+                expected: "`damro` or `pope`",
+            })
+    }
+}
+
+/// The DAMRO authors' rule (see the module docs): what `answer` counts as
+/// for a question labelled `truth`.
+///
+/// ```
+/// use damro_eval::pope::{Label, score::parse_damro};
+/// assert_eq!(parse_damro("I know", Label::No), Label::No); // "know" contains "no"
+/// assert_eq!(parse_damro("Yes, there is no dog", Label::Yes), Label::Yes);
+/// assert_eq!(parse_damro("", Label::Yes), Label::No);
+/// ```
+pub fn parse_damro(answer: &str, truth: Label) -> Label {
+    let answer = answer.trim().to_lowercase();
+    match truth {
+        Label::Yes if answer.contains("yes") => Label::Yes,
+        Label::Yes => Label::No,
+        Label::No if answer.contains("no") => Label::No,
+        Label::No => Label::Yes,
+    }
+}
 
 /// Parses a free-text answer into yes/no with the standard POPE rule (see
 /// the module docs).
@@ -140,10 +228,16 @@ impl PopeMetrics {
     }
 }
 
-/// The result of scoring one question file: metrics and counts. Serialises
-/// to the metrics JSON; `Display` is the plain-text summary table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// The result of scoring one question file: the rule, where the answers
+/// come from, metrics and counts. Serialises to the metrics JSON;
+/// `Display` is the plain-text summary table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PopeReport {
+    /// The answer rule used.
+    pub rule: PopeRule,
+    /// Settings, model ids, scored and unscored answers.
+    #[serde(flatten)]
+    pub info: RunInfo,
     /// Accuracy, precision, recall, F1, yes-ratio.
     pub metrics: PopeMetrics,
     /// TP/FP/TN/FN and what was left out.
@@ -151,18 +245,40 @@ pub struct PopeReport {
 }
 
 impl PopeReport {
-    /// Builds the report from finished counts.
+    /// Builds the report from finished counts (rule [`PopeRule::Pope`], no
+    /// model ids or settings).
     pub fn from_counts(counts: PopeCounts) -> Self {
+        let unscored =
+            counts.unmatched_answers + counts.duplicate_answers + counts.malformed_answers;
         Self {
+            rule: PopeRule::Pope,
+            info: RunInfo::new([], counts.scored(), unscored),
             metrics: PopeMetrics::from_counts(&counts),
             counts,
         }
     }
+
+    /// The report with the caller's run settings recorded.
+    pub fn with_settings(mut self, settings: RunSettings) -> Self {
+        self.info.settings = settings;
+        self
+    }
+
+    /// Whether no answer was scored (see [`RunInfo::nothing_scored`]).
+    pub fn nothing_scored(&self) -> bool {
+        self.info.nothing_scored()
+    }
 }
 
-/// Scores answers against questions, matching them by `question_id` (see
-/// the module docs for the rules).
+/// Scores answers against questions with the common rule
+/// ([`PopeRule::Pope`]); see [`score_with`].
 pub fn score(questions: &QuestionSet, answers: &AnswerSet) -> PopeReport {
+    score_with(questions, answers, PopeRule::Pope)
+}
+
+/// Scores answers against questions with `rule`, matching them by
+/// `question_id` (see the module docs).
+pub fn score_with(questions: &QuestionSet, answers: &AnswerSet, rule: PopeRule) -> PopeReport {
     let mut counts = PopeCounts {
         unknown_labels: questions
             .bad
@@ -185,19 +301,30 @@ pub fn score(questions: &QuestionSet, answers: &AnswerSet) -> PopeReport {
         match first_answer.get(&question.question_id) {
             Some(output) => {
                 matched += 1;
-                counts.add(question.label, parse_yes_no(output));
+                counts.add(question.label, rule.judge(output, question.label));
             }
             None => counts.unanswered += 1,
         }
     }
     counts.unmatched_answers = first_answer.len() - matched;
-    PopeReport::from_counts(counts)
+    let mut report = PopeReport::from_counts(counts);
+    report.rule = rule;
+    report.info = RunInfo::new(
+        answers.answers.iter().map(|(_, r)| r.model_id.as_str()),
+        report.info.scored_answers,
+        report.info.unscored_answers,
+    );
+    report
 }
 
 impl fmt::Display for PopeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (m, c) = (&self.metrics, &self.counts);
-        writeln!(f, "POPE            {:>8}", "")?;
+        writeln!(f, "POPE (rule: {})", self.rule)?;
+        let info = self.info.describe();
+        if !info.is_empty() {
+            writeln!(f, "  {info}")?;
+        }
         writeln!(f, "  scored        {:>8}", c.scored())?;
         writeln!(f, "  accuracy      {:>8.2}", 100.0 * m.accuracy)?;
         writeln!(f, "  precision     {:>8.2}", 100.0 * m.precision)?;
