@@ -1,6 +1,8 @@
 //! POPE (Li et al., EMNLP 2023, "Evaluating Object Hallucination in Large
 //! Vision-Language Models"): the file formats the DAMRO authors use, the
-//! prompt, and the scorer ([`score`]).
+//! prompt, the scorer ([`score`]) under either answer rule
+//! ([`score::PopeRule`]), and several splits at once with their average
+//! ([`splits`]).
 //!
 //! Question files are JSON lines, one question per line:
 //!
@@ -15,6 +17,7 @@
 //! other than `question_id` and the output may be absent.
 
 pub mod score;
+pub mod splits;
 
 use std::collections::HashSet;
 use std::fmt;
