@@ -59,6 +59,9 @@ pub enum Error {
         /// The accepted values, in words.
         expected: &'static str,
     },
+    /// `--shard auto` found no usable shard in the environment.
+    #[error("--shard auto: {0}")]
+    ShardEnv(#[from] crate::shard::ShardEnvError),
     /// Another process holds the lock on this answers file (two runners
     /// would interleave and duplicate records).
     #[error("answers file `{}` is locked by another run", path.display())]

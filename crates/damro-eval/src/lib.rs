@@ -48,7 +48,7 @@ pub use progress::{BarProgress, Progress, Silent};
 pub use record::{BadRecord, BadRecordKind, QuestionId, count_by_kind};
 pub use report::{RunInfo, RunSettings};
 pub use runner::{Answerer, Job, RunOptions, RunSummary, StopReason, run, run_pope};
-pub use shard::Shard;
+pub use shard::{Shard, ShardEnvError, ShardSpec};
 
 /// Serialises a report (or any value) as pretty JSON, for metrics files.
 pub fn to_json_pretty(value: &impl serde::Serialize) -> Result<String> {
