@@ -71,7 +71,8 @@ fn every_bad_environment_has_its_error() {
         Shard::from_env(env(&[]), Some(4)),
         Err(ShardEnvError::NotSet)
     );
-    let cases: Vec<(Vec<(&str, &str)>, Option<usize>, ShardEnvError)> = vec![
+    type Case = (Vec<(&'static str, &'static str)>, Option<usize>, ShardEnvError);
+    let cases: Vec<Case> = vec![
         (
             vec![("SLURM_ARRAY_TASK_ID", "two")],
             Some(4),
