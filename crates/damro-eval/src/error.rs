@@ -86,6 +86,15 @@ pub enum Error {
         /// The category name.
         name: String,
     },
+    /// The file given as an answers file to append to is something else (a
+    /// question file, binary data); nothing was written to it.
+    #[error("`{}` is not an answers file: {reason}; nothing was written to it", path.display())]
+    NotAnswersFile {
+        /// The file.
+        path: PathBuf,
+        /// What it looks like instead.
+        reason: String,
+    },
     /// The synonyms file has no entries.
     #[error("synonyms file `{}` has no entries", path.display())]
     EmptySynonyms {

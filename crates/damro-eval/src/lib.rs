@@ -47,7 +47,10 @@ pub use merge::{MergeMismatch, MergeReport, merge_answers};
 pub use progress::{BarProgress, Progress, Silent};
 pub use record::{BadRecord, BadRecordKind, QuestionId, count_by_kind};
 pub use report::{RunInfo, RunSettings};
-pub use runner::{Answerer, Job, RunOptions, RunSummary, StopReason, run, run_pope};
+pub use runner::{
+    Answerer, BatchAnswerer, Job, RunOptions, RunProblem, RunSummary, StopReason, run, run_batched,
+    run_pope, run_pope_batched,
+};
 pub use shard::{Shard, ShardEnvError, ShardSpec};
 
 /// Serialises a report (or any value) as pretty JSON, for metrics files.

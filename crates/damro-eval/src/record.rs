@@ -42,6 +42,7 @@ impl From<&str> for QuestionId {
 /// What is wrong with a [`BadRecord`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BadRecordKind {
     /// The line is not valid JSON, not UTF-8, or lacks a required field.
     MalformedLine,
@@ -49,6 +50,11 @@ pub enum BadRecordKind {
     UnknownLabel,
     /// A question id already seen earlier in the same file.
     DuplicateId,
+    /// A question line where an answer was expected (the question file was
+    /// given as the answers file).
+    QuestionLine,
+    /// An MME sub-task that is not one of the 14 known ones.
+    UnknownCategory,
     /// The image file does not exist.
     MissingImage,
     /// The image path exists but cannot be opened as a file.
@@ -59,10 +65,12 @@ pub enum BadRecordKind {
 
 impl BadRecordKind {
     /// Every kind, in the order summary tables list them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::MalformedLine,
         Self::UnknownLabel,
         Self::DuplicateId,
+        Self::QuestionLine,
+        Self::UnknownCategory,
         Self::MissingImage,
         Self::UnreadableImage,
         Self::AnswerFailed,
@@ -83,6 +91,8 @@ impl BadRecordKind {
             Self::MalformedLine => "malformed_line",
             Self::UnknownLabel => "unknown_label",
             Self::DuplicateId => "duplicate_id",
+            Self::QuestionLine => "question_line",
+            Self::UnknownCategory => "unknown_category",
             Self::MissingImage => "missing_image",
             Self::UnreadableImage => "unreadable_image",
             Self::AnswerFailed => "answer_failed",

@@ -14,7 +14,10 @@
 //! ([`AnswerRecord`]): `question_id`, `prompt`, `output`, `model_id`,
 //! `image` and, when set, `mode`. When reading, `output` may also be named
 //! `text` (LLaVA's answer files) or `answer` (POPE's own), and every field
-//! other than `question_id` and the output may be absent.
+//! other than `question_id` and the output may be absent. A question line
+//! given as an answer (`text` and `label`, no output) is reported as
+//! [`BadRecordKind::QuestionLine`], so a question file passed as an answers
+//! file is noticed instead of scored.
 
 pub mod score;
 pub mod splits;
@@ -173,7 +176,13 @@ fn question_from_line(line: &Line<'_>) -> std::result::Result<PopeQuestion, BadR
 }
 
 /// One answer line, as the runner writes it.
+///
+/// When reading, the output may also be named `answer` (POPE's own files)
+/// or `text` (LLaVA's); with several, `output` wins over `answer` over
+/// `text`. A line with `text` and `label` but no `output` or `answer` is a
+/// *question* line and is refused (see [`parse_answers`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawAnswer")]
 pub struct AnswerRecord {
     /// The question (or, for captioning, the image) this answers.
     pub question_id: QuestionId,
@@ -181,7 +190,6 @@ pub struct AnswerRecord {
     #[serde(default)]
     pub prompt: String,
     /// The model's decoded output.
-    #[serde(alias = "text", alias = "answer")]
     pub output: String,
     /// Which model produced it (free text, e.g. the checkpoint directory name).
     #[serde(default)]
@@ -192,6 +200,71 @@ pub struct AnswerRecord {
     /// Decoding mode (e.g. `plain`, `damro`), when the caller sets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The ground-truth answer, for benchmarks whose answer files carry it
+    /// (MME: `Yes` / `No`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt_answer: Option<String>,
+    /// The sub-task, for benchmarks that have them (MME: `existence`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// An answer line as it may be written by this crate or other tools.
+#[derive(Deserialize)]
+struct RawAnswer {
+    question_id: QuestionId,
+    #[serde(default)]
+    prompt: String,
+    output: Option<String>,
+    answer: Option<String>,
+    text: Option<String>,
+    #[serde(default)]
+    model_id: String,
+    #[serde(default)]
+    image: String,
+    mode: Option<String>,
+    gt_answer: Option<String>,
+    category: Option<String>,
+    label: Option<serde::de::IgnoredAny>,
+}
+
+/// What [`AnswerRecord`]'s deserialiser says about a question line; the
+/// readers recognise it to report the file as a question file.
+pub(crate) const QUESTION_LINE: &str =
+    "this is a question line (`text` and `label`, no `output`), not an answer";
+
+impl TryFrom<RawAnswer> for AnswerRecord {
+    type Error = &'static str;
+
+    fn try_from(raw: RawAnswer) -> std::result::Result<Self, &'static str> {
+        let output = match (raw.output, raw.answer, raw.text) {
+            (Some(output), _, _) | (None, Some(output), _) => output,
+            (None, None, Some(_)) if raw.label.is_some() => return Err(QUESTION_LINE),
+            (None, None, Some(text)) => text,
+            (None, None, None) => return Err("missing field `output`"),
+        };
+        Ok(Self {
+            question_id: raw.question_id,
+            prompt: raw.prompt,
+            output,
+            model_id: raw.model_id,
+            image: raw.image,
+            mode: raw.mode,
+            gt_answer: raw.gt_answer,
+            category: raw.category,
+        })
+    }
+}
+
+/// Parses one answer line; a question line is reported as
+/// [`BadRecordKind::QuestionLine`].
+pub(crate) fn parse_answer_line(line: &Line<'_>) -> std::result::Result<AnswerRecord, BadRecord> {
+    jsonl::parse_line::<AnswerRecord>(line).map_err(|mut bad| {
+        if bad.detail.starts_with(QUESTION_LINE) {
+            bad.kind = BadRecordKind::QuestionLine;
+        }
+        bad
+    })
 }
 
 /// The records of an answers file.
@@ -214,7 +287,7 @@ pub fn read_answers(path: &Path) -> Result<AnswerSet> {
 pub fn parse_answers(bytes: &[u8]) -> AnswerSet {
     let mut set = AnswerSet::default();
     for line in jsonl::split_lines(bytes, true) {
-        match jsonl::parse_line::<AnswerRecord>(&line) {
+        match parse_answer_line(&line) {
             Ok(record) => set.answers.push((line.number(), record)),
             Err(bad) => set.bad.push(bad),
         }
