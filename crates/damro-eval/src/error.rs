@@ -95,6 +95,23 @@ pub enum Error {
         /// What it looks like instead.
         reason: String,
     },
+    /// An MME input (a parquet shard, the image cache) is not usable as a
+    /// whole.
+    #[error("MME input `{}`: {reason}", path.display())]
+    MmeInput {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, and what was expected.
+        reason: String,
+    },
+    /// A parquet file could not be decoded.
+    #[error("reading parquet `{}`: {source}", path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: parquet::errors::ParquetError,
+    },
     /// The synonyms file has no entries.
     #[error("synonyms file `{}` has no entries", path.display())]
     EmptySynonyms {

@@ -35,6 +35,7 @@ pub mod chair;
 mod error;
 mod jsonl;
 pub mod merge;
+pub mod mme;
 pub mod pope;
 pub mod progress;
 mod record;
@@ -43,7 +44,7 @@ pub mod runner;
 pub mod shard;
 
 pub use error::{Error, Result};
-pub use merge::{MergeMismatch, MergeReport, merge_answers};
+pub use merge::{MergeKey, MergeMismatch, MergeReport, merge_answers, merge_jobs};
 pub use progress::{BarProgress, Progress, Silent};
 pub use record::{BadRecord, BadRecordKind, QuestionId, count_by_kind};
 pub use report::{RunInfo, RunSettings};

@@ -71,7 +71,11 @@ fn every_bad_environment_has_its_error() {
         Shard::from_env(env(&[]), Some(4)),
         Err(ShardEnvError::NotSet)
     );
-    type Case = (Vec<(&'static str, &'static str)>, Option<usize>, ShardEnvError);
+    type Case = (
+        Vec<(&'static str, &'static str)>,
+        Option<usize>,
+        ShardEnvError,
+    );
     let cases: Vec<Case> = vec![
         (
             vec![("SLURM_ARRAY_TASK_ID", "two")],

@@ -126,9 +126,10 @@ fn the_merge_lists_duplicates_missing_and_unexpected_ids() {
         panic!("expected a merge error, got {err}")
     };
     assert_eq!(mismatch.missing, [QuestionId::Int(5)]);
+    assert_eq!(mismatch.missing[0].prompt, None);
     assert_eq!(mismatch.duplicates.len(), 1);
     let (dup_id, places) = &mismatch.duplicates[0];
-    assert_eq!(dup_id, &QuestionId::Int(1));
+    assert_eq!(*dup_id, QuestionId::Int(1));
     assert_eq!(
         places
             .iter()

@@ -42,7 +42,7 @@ pub fn pope_prompt(question: &str) -> String {
 }
 
 /// A POPE ground-truth label, or a parsed yes/no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Label {
     /// The object is in the image / the answer is "yes".
