@@ -112,6 +112,10 @@ pub enum Error {
         /// The underlying error.
         source: parquet::errors::ParquetError,
     },
+    /// The inputs of a comparison do not line up (e.g. a method without one
+    /// answers file per split).
+    #[error("comparison: {0}")]
+    Comparison(String),
     /// The synonyms file has no entries.
     #[error("synonyms file `{}` has no entries", path.display())]
     EmptySynonyms {

@@ -32,6 +32,7 @@
 
 mod answers_file;
 pub mod chair;
+pub mod compare;
 mod error;
 mod jsonl;
 pub mod merge;
