@@ -122,7 +122,7 @@ pub struct MmeComparison {
     pub methods: Vec<(String, MmeReport)>,
 }
 
-/// Scores each method's answers against `set` ([`mme::score`]).
+/// Scores each method's answers against `set` ([`mme::score()`]).
 pub fn compare_mme(set: &MmeSet, methods: &[(&str, &AnswerSet)]) -> MmeComparison {
     MmeComparison {
         methods: methods

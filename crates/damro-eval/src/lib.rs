@@ -1,31 +1,59 @@
-//! Evaluation for DAMRO: POPE and CHAIR in the file formats the authors
-//! use, with scorers that follow the standard scripts, and a resumable,
-//! shardable runner that takes any answer function. Model-free: the CLI
-//! plugs a decoder in as a closure.
+//! Evaluation for DAMRO: POPE, CHAIR and MME in the file formats the
+//! authors use, with scorers that follow the authors' and the standard
+//! scripts, and a resumable, shardable, batched runner that takes any
+//! answer function. Model-free: the CLI plugs a decoder in as a closure.
 //!
 //! - [`pope`]: question and answer files, the authors' prompt
-//!   ([`pope::pope_prompt`]), the scorer ([`pope::score`]) with the
-//!   standard yes/no parsing.
+//!   ([`pope::pope_prompt`]), the scorer under either answer rule
+//!   ([`pope::score::PopeRule::Damro`], the authors' `eval_pope.py`, or
+//!   [`pope::score::PopeRule::Pope`], the common one), and several splits
+//!   at once with their average ([`pope::splits`]).
 //! - [`chair`]: synonyms, COCO ground truth, generated captions, CHAIR_s,
 //!   CHAIR_i, recall and length, with per-caption details.
-//! - [`runner`]: runs a shard of jobs through an [`Answerer`], appending one
-//!   record per job; resumable, crash-safe, with a [`Progress`] reporter.
-//! - [`shard`] and [`merge`]: `--shard i/N` and the exactly-once merge.
+//! - [`mme`]: the `lmms-lab/MME` parquet shards and the release folders,
+//!   runs that write the authors' answer fields, the MME scorer with
+//!   per-sub-task accuracy / accuracy+ and the perception, cognition and
+//!   hallucination totals.
+//! - [`compare`]: several answer files of the same questions scored and
+//!   shown side by side (POPE per split and average, MME per sub-task).
+//! - [`report`]: what every metrics report records besides its numbers:
+//!   the caller's [`RunSettings`], the model ids found, scored and unscored
+//!   answers ([`RunInfo`]).
+//! - [`runner`]: runs a shard of jobs through a [`BatchAnswerer`] (or a
+//!   one-job [`Answerer`]), appending and syncing the records per batch;
+//!   resumable, crash-safe, with a [`Progress`] reporter whose warnings
+//!   reach stderr with or without a terminal, and a [`RunProblem`] when a
+//!   run produced nothing.
+//! - [`shard`] and [`merge`]: `--shard i/N` or `--shard auto` (Slurm job
+//!   arrays, Kubernetes Indexed Jobs: [`Shard::from_env`]) and the
+//!   exactly-once merge.
 //!
 //! ```no_run
-//! use std::path::Path;
-//! use damro_eval::{pope, runner, Shard, Silent, RunOptions};
+//! use std::path::{Path, PathBuf};
+//! use damro_eval::pope::{self, score::PopeRule};
+//! use damro_eval::{runner, RunOptions, RunSettings, ShardSpec, Silent};
 //! # fn main() -> damro_eval::Result<()> {
 //! let questions = pope::read_questions(Path::new("coco_pope_random.json"))?;
 //! let mut options = RunOptions::new("answers.jsonl", "val2014", "llava-1.5-7b");
-//! options.shard = "0/4".parse::<Shard>()?;
+//! // `--shard auto`: from SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX
+//! options.shard = "auto".parse::<ShardSpec>()?.resolve(|k| std::env::var(k).ok(), None)?;
 //! options.answers = options.shard.file_name(Path::new("answers.jsonl"));
-//! let summary = runner::run_pope(&questions, &options, |job: &runner::Job, image: &Path| {
-//!     // apply the chat template to job.prompt, load `image`, decode ...
-//!     Ok::<_, std::convert::Infallible>(String::from("Yes"))
-//! }, &mut Silent)?;
+//! options.batch_size = 8;
+//! let answer = |jobs: &[runner::Job], images: &[PathBuf]| {
+//!     // apply the chat template to each job.prompt, load the images,
+//!     // decode them as one batch ...
+//!     let outputs: Result<Vec<String>, std::convert::Infallible> =
+//!         Ok(jobs.iter().map(|_| String::from("Yes")).collect());
+//!     runner::whole_batch(outputs, jobs.len())
+//! };
+//! let summary = runner::run_pope_batched(&questions, &options, answer, &mut Silent)?;
 //! println!("{summary}");
-//! let report = pope::score::score(&questions, &pope::read_answers(&options.answers)?);
+//! if let Some(problem) = summary.problem() {
+//!     eprintln!("{problem}"); // exit non-zero
+//! }
+//! let answers = pope::read_answers(&options.answers)?;
+//! let report = pope::score::score_with(&questions, &answers, PopeRule::Damro)
+//!     .with_settings(RunSettings::new().with("mode", "damro").with("seed", 42));
 //! println!("{report}");
 //! # Ok(()) }
 //! ```

@@ -3,7 +3,9 @@
 //! answers were and were not scored.
 //!
 //! Each scorer's report ([`PopeReport`](crate::pope::score::PopeReport),
-//! [`ChairReport`](crate::chair::ChairReport)) holds a [`RunInfo`], flattened into
+//! [`ChairReport`](crate::chair::ChairReport),
+//! [`MmeReport`](crate::mme::MmeReport), and the multi-split
+//! [`PopeSplitsReport`](crate::pope::splits::PopeSplitsReport)) holds a [`RunInfo`], flattened into
 //! its JSON, so a metrics file says which run it describes:
 //!
 //! ```json

@@ -338,7 +338,7 @@ pub fn run_batched(
 /// [`run_batched`] for benchmarks whose records carry extra fields:
 /// `extras[i]` goes into the record of `jobs[i]`; `bad_input` (the input's
 /// problems in this shard) is reported and kept in the summary. Used by
-/// the MME run.
+/// [`crate::mme::run`].
 pub fn run_batched_with_extras(
     jobs: &[Job],
     extras: &[RecordExtras],
