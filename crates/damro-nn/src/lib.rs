@@ -9,6 +9,7 @@
 //! - [`module`]: the fallible [`Module`] trait and the layers every model uses
 //!   (linear, layer norm, RMS norm, embedding, activations).
 //! - [`attention`]: head splitting and libtorch's fused attention.
+//! - [`testing`]: the parity tolerance every reference comparison uses.
 //!
 //! Everything works on `tch` tensors on any device; the dtype and device of
 //! the loaded weights are chosen by [`LoadOptions`].
@@ -18,6 +19,7 @@ pub mod checkpoint;
 mod error;
 pub mod key_map;
 pub mod module;
+pub mod testing;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, TensorInfo, read_json};

@@ -114,14 +114,14 @@ fn f16_checkpoint_matches_its_rounded_reference() {
 #[test]
 fn f16_checkpoint_is_close_to_the_fp32_model() {
     // The weight rounding alone moves the Q-Former output by up to ~3.3%.
-    check("hub-f16", "", None, FUSED, Kind::Float, Tol::Rel(5e-2));
+    check("hub-f16", "", None, FUSED, Kind::Float, Tol::relative(5e-2));
 }
 
 #[test]
 fn reduced_precision_compute_is_close_to_the_fp32_model() {
     // Observed: bf16 13% (Q-Former output), f16 6% of the output scale.
-    check("hub", "", None, FUSED, Kind::BFloat16, Tol::Rel(0.25));
-    check("hub", "", None, FUSED, Kind::Half, Tol::Rel(0.12));
+    check("hub", "", None, FUSED, Kind::BFloat16, Tol::relative(0.25));
+    check("hub", "", None, FUSED, Kind::Half, Tol::relative(0.12));
 }
 
 #[test]

@@ -152,15 +152,15 @@ fn sharded_bf16_checkpoint_is_close_to_the_fp32_model() {
         None,
         FUSED,
         Kind::Float,
-        Tol::Rel(5e-2),
+        Tol::relative(5e-2),
     );
 }
 
 #[test]
 fn reduced_precision_compute_is_close_to_the_fp32_model() {
     // Observed: bf16 4.4%, f16 0.4% of the output scale.
-    check("hub", "", None, FUSED, Kind::BFloat16, Tol::Rel(0.1));
-    check("hub", "", None, FUSED, Kind::Half, Tol::Rel(2e-2));
+    check("hub", "", None, FUSED, Kind::BFloat16, Tol::relative(0.1));
+    check("hub", "", None, FUSED, Kind::Half, Tol::relative(2e-2));
 }
 
 #[test]

