@@ -186,15 +186,15 @@ fn main() {
         start.elapsed().as_secs_f64()
     };
     // Warm up every path once.
-    for (_, mode, branches) in variants {
-        run(mode, branches, 2);
+    for (_, mode, branches) in &variants {
+        run(mode.clone(), *branches, 2);
     }
     let mut per_token: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut prefill: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
         for (i, (_, mode, branches)) in variants.iter().enumerate() {
-            let one = run(*mode, *branches, 1);
-            let full = run(*mode, *branches, 65);
+            let one = run(mode.clone(), *branches, 1);
+            let full = run(mode.clone(), *branches, 65);
             prefill[i].push(one);
             per_token[i].push((full - one) / 64.0);
         }

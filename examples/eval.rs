@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use damro::llm::PromptTemplate;
 use damro::{
-    AutoDecoder, DamroSettings, GenerationConfig, ImageSource, Mode, ModelOptions, Request,
-    generate,
+    AutoDecoder, Benchmark, DamroSettings, GenerationConfig, ImageSource, Mode, ModelOptions,
+    Request, generate,
 };
 use damro_eval::chair::{self, ChairEvaluator, GroundTruth};
 use damro_eval::{BarProgress, RunOptions, Shard, merge_answers, pope, runner, to_json_pretty};
@@ -115,6 +115,7 @@ fn write_metrics(path: Option<&str>, json: &str) -> Result<()> {
 fn load_model(
     flags: &Flags,
     default_max_new: usize,
+    benchmark: Benchmark,
 ) -> Result<(AutoDecoder, GenerationConfig, String, PathBuf)> {
     let device = match flags.get("device").unwrap_or(if tch::Cuda::is_available() {
         "cuda"
@@ -133,16 +134,9 @@ fn load_model(
         Some(other) => bail!("--dtype {other}: expected f32, f16 or bf16"),
     };
     let model_dir = PathBuf::from(flags.need("model")?);
-    let decoder = AutoDecoder::load(
-        &model_dir,
-        ModelOptions {
-            kind,
-            device,
-            ..ModelOptions::cpu_f32()
-        },
-    )
-    .with_context(|| format!("loading {}", model_dir.display()))?;
-    let preset = decoder.preset()?;
+    let decoder = AutoDecoder::load(&model_dir, ModelOptions::cpu_f32().on(device, kind))
+        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let preset = decoder.preset_for(benchmark)?;
     let mode_name = flags.get("mode").unwrap_or("damro").to_string();
     let mode = match mode_name.as_str() {
         "plain" => Mode::Plain,
@@ -205,7 +199,7 @@ fn answerer<'a>(
 
 fn pope_run(flags: &Flags) -> Result<()> {
     let questions = pope::read_questions(Path::new(flags.need("questions")?))?;
-    let (decoder, config, mode_name, model_dir) = load_model(flags, 16)?;
+    let (decoder, config, mode_name, model_dir) = load_model(flags, 16, Benchmark::Pope)?;
     let options = run_options(flags, &model_dir, &mode_name)?;
     let mut progress = BarProgress::new(format!("POPE {mode_name}"));
     let summary = runner::run_pope(
@@ -232,7 +226,7 @@ fn pope_run(flags: &Flags) -> Result<()> {
 /// Captions every image of `--images` whose file name carries a COCO id
 /// (sorted by id; `--num-images N` keeps the first N), for `chair`.
 fn chair_run(flags: &Flags) -> Result<()> {
-    let (decoder, config, mode_name, model_dir) = load_model(flags, 512)?;
+    let (decoder, config, mode_name, model_dir) = load_model(flags, 512, Benchmark::Chair)?;
     let options = run_options(flags, &model_dir, &mode_name)?;
     let prompt = flags
         .get("prompt")

@@ -3,58 +3,43 @@
 //!
 //! Run with: `scripts/libtorch-env.sh cargo run --release --example outliers -- --model DIR --image PATH --out PNG [--top-k K] [--device cpu|cuda]`
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use damro::{AutoDecoder, ImageSource, ModelOptions};
-use tch::Device;
+use anyhow::Result;
+use clap::Parser;
+use damro::ImageSource;
 
-const USAGE: &str =
-    "usage: outliers --model DIR --image PATH --out PNG [--top-k K] [--device cpu|cuda]";
+/// Writes the [CLS]-attention heatmap of an image with the top-k outliers.
+#[derive(Debug, Parser)]
+#[command(name = "outliers")]
+struct Args {
+    #[command(flatten)]
+    model: cli::ModelArgs,
+    /// The image (PNG or JPEG).
+    #[arg(long, value_name = "PATH")]
+    image: PathBuf,
+    /// Where the PNG goes (written atomically).
+    #[arg(long, value_name = "PNG")]
+    out: PathBuf,
+    /// Outliers to outline [default: the model's preset].
+    #[arg(long)]
+    top_k: Option<usize>,
+}
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (mut model, mut image, mut out, mut k) = (None, None, None, None);
-    let mut options = ModelOptions::cpu_f32();
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--model" => model = Some(PathBuf::from(value()?)),
-            "--image" => image = Some(PathBuf::from(value()?)),
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--top-k" => {
-                k = Some(
-                    value()?
-                        .parse::<usize>()
-                        .context("--top-k: a positive integer")?,
-                )
-            }
-            "--device" => {
-                options.device = match value()?.as_str() {
-                    "cpu" => Device::Cpu,
-                    "cuda" => Device::Cuda(0),
-                    other => bail!("--device {other}: expected cpu or cuda"),
-                }
-            }
-            other => bail!("unknown argument {other}\n{USAGE}"),
-        }
-    }
-    let model = model.with_context(|| format!("--model is required\n{USAGE}"))?;
-    let image = image.with_context(|| format!("--image is required\n{USAGE}"))?;
-    let out = out.with_context(|| format!("--out is required\n{USAGE}"))?;
-    let decoder = AutoDecoder::load(&model, options)
-        .with_context(|| format!("loading {}", model.display()))?;
-    let k = match k {
+    let args = Args::parse();
+    let decoder = args.model.load()?;
+    let k = match args.top_k {
         Some(k) => k,
         None => decoder.preset()?.outlier_k,
     };
-    let outliers = decoder.write_outlier_heatmap(&ImageSource::File(image), k, &out)?;
+    let outliers = decoder.write_outlier_heatmap(&ImageSource::File(args.image), k, &args.out)?;
     println!(
         "wrote {} (top-{k} outliers, selection order: {outliers:?})",
-        out.display()
+        args.out.display()
     );
     Ok(())
 }

@@ -2,40 +2,38 @@
 //!
 //! DAMRO ("Dive into the Attention Mechanism of LVLM to Reduce Object
 //! hallucination", EMNLP 2024) decoding for large vision-language models on
-//! libtorch. This facade ties the workspace crates together:
+//! libtorch. This facade only re-exports the workspace crates:
 //!
-//! - [`nn`]: checkpoint loading and shared layers,
+//! - [`core`] (`damro-core`): the [`DamroDecoder`] and [`LanguageModel`]
+//!   traits, the contrast views ([`Mode`]), the generation loop
+//!   ([`generate()`]), the CUDA backend loader ([`cuda`]);
+//! - [`models`] (`damro-models`): the [`LlavaDecoder`] (LLaVA-1.5) and
+//!   [`InstructBlipDecoder`] adapters and [`AutoDecoder`], written against
+//!   public APIs only;
+//! - [`nn`]: checkpoint loading and shared layers;
 //! - [`vision`]: ViT encoders with [CLS] attention, Q-Former, projectors,
-//!   image preprocessing,
+//!   image preprocessing;
 //! - [`llm`]: the LLaMA decoder with an external KV cache, tokenizers and
-//!   prompt templates,
-//! - [`outlier`]: outlier-token selection and the paper's analysis metrics,
+//!   prompt templates;
+//! - [`outlier`]: outlier-token selection and the paper's analysis metrics;
 //! - [`sampler`]: the contrastive sampler.
 //!
-//! On top of them: the [`DamroDecoder`] trait (what a model provides), one
-//! generation loop over it ([`generate`]), and the adapters
-//! [`LlavaDecoder`] (LLaVA-1.5) and [`InstructBlipDecoder`] (InstructBLIP).
+//! It also hosts the workspace's examples, benches and integration tests.
 
-pub mod auto;
-mod common;
-pub mod decoder;
-mod error;
-pub mod generate;
-pub mod instructblip;
-pub mod llava;
-
-pub use auto::AutoDecoder;
-pub use common::ModelOptions;
-pub use decoder::{BranchCache, Branches, DamroDecoder, ImageSource, Request, VisualTokens};
-pub use error::{Error, Result};
-pub use generate::{
-    BranchExecution, DamroSettings, FinishReason, Generation, GenerationConfig, Limit, Mode,
-    TokenEvent, generate, generate_streaming,
+pub use damro_core::{
+    Branch, BranchCache, BranchExecution, Branches, ContrastTokens, ContrastView, CustomContrast,
+    DamroDecoder, DamroSettings, Error, FinishReason, Generation, GenerationConfig, ImageSource,
+    LanguageModel, Limit, Mode, ModelOptions, PixelTransform, Request, Result, RowStateOf, Rows,
+    SecondImage, TokenEvent, VcdNoise, VcdSettings, VisualTokens, cuda, generate,
+    generate_streaming, views,
 };
-pub use instructblip::{Indexing, InstructBlipDecoder};
-pub use llava::LlavaDecoder;
+pub use damro_models::{
+    AutoDecoder, Benchmark, Indexing, InstructBlipDecoder, LlavaDecoder, loading,
+};
 
+pub use damro_core as core;
 pub use damro_llm as llm;
+pub use damro_models as models;
 pub use damro_nn as nn;
 pub use damro_outlier as outlier;
 pub use damro_sampler as sampler;

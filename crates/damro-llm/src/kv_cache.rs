@@ -39,16 +39,23 @@ use crate::{Error, Result};
 /// The per-layer geometry and storage type of a cache.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheShape {
+    /// Number of decoder layers (one key and one value buffer each).
     pub num_layers: i64,
+    /// Key/value heads per layer.
     pub kv_heads: i64,
+    /// Size of one head.
     pub head_dim: i64,
+    /// Dtype of the stored keys and values.
     pub kind: Kind,
+    /// Device of the buffers.
     pub device: Device,
 }
 
-/// How one step's queries are masked.
+/// How one step's queries are masked, as [`KvCache::begin_step`] decides
+/// from the rows' padding.
 #[derive(Debug)]
-pub(crate) enum StepMask {
+#[non_exhaustive]
+pub enum StepMask {
     /// Every key is visible (one new token per row, no padding).
     None,
     /// Plain causal masking from column 0 (no padding, empty cache).
@@ -63,15 +70,20 @@ pub(crate) enum StepMask {
     Ranges(Vec<i64>),
 }
 
-/// What the model needs to run one step on a cache.
+/// What a model needs to run one step on a cache: returned by
+/// [`KvCache::begin_step`], then used by every layer of the step.
 #[derive(Debug)]
-pub(crate) struct Step {
-    /// First column written by this step.
+pub struct Step {
+    /// First column written by this step (pass it to [`KvCache::write`]).
     pub start: i64,
-    /// Positions of the step's tokens, `[batch, step]` int64.
+    /// Positions of the step's tokens, `[batch, step]` int64 on the cache's
+    /// device: each row's positions run on from its own real-token count
+    /// (padding columns get 0).
     pub positions: Tensor,
-    /// The longest row's length after this step.
+    /// The longest row's length (real tokens) after this step.
     pub max_row_len: i64,
+    /// How the step's queries must be masked against the keys
+    /// `0..start + step`.
     pub mask: StepMask,
 }
 
@@ -349,8 +361,17 @@ impl KvCache {
     /// (the last ones) are real tokens of row `b`, the rest left padding;
     /// `None` means all are real. Updates the padding mask and positions and
     /// returns what the attention layers need. The keys and values of the
-    /// step are then written by [`KvCache::write`].
-    pub(crate) fn begin_step(&mut self, step: i64, row_lengths: Option<&[i64]>) -> Result<Step> {
+    /// step are then written by [`KvCache::write`], once per layer.
+    ///
+    /// This is the cache's whole write contract, for any decoder (not only
+    /// [`crate::Llama`]): call `begin_step` once per forward, compute each
+    /// layer's keys and values for the step's columns (using
+    /// [`Step::positions`] for position embeddings), call [`KvCache::write`]
+    /// for each layer with [`Step::start`], and attend the step's queries to
+    /// the keys and values it returns under [`Step::mask`]. On an error
+    /// half-way, [`KvCache::truncate`] to the length before the step keeps
+    /// the cache usable.
+    pub fn begin_step(&mut self, step: i64, row_lengths: Option<&[i64]>) -> Result<Step> {
         if step <= 0 {
             return Err(Error::Cache("a step needs at least one column".into()));
         }
@@ -417,6 +438,23 @@ impl KvCache {
         })
     }
 
+    /// The boolean attention mask of a step begun by
+    /// [`KvCache::begin_step`] (`true` = attend), for a decoder whose
+    /// attention takes one explicit mask whatever the padding: `None` when
+    /// every key is visible to every query of the step.
+    ///
+    /// # Shapes
+    /// → `[batch, 1, step, start + step]` bool
+    pub fn attention_mask(&self, step: &Step) -> Result<Option<Tensor>> {
+        match &step.mask {
+            StepMask::None => Ok(None),
+            StepMask::Explicit(mask) => Ok(Some(mask.shallow_clone())),
+            StepMask::Causal | StepMask::Ranges(_) => {
+                Ok(Some(self.step_mask(step.start, self.len - step.start)?))
+            }
+        }
+    }
+
     /// Per row, the first real column, when every row's real columns form
     /// one run to the end (padding on the left only).
     fn real_runs(&self) -> Option<Vec<i64>> {
@@ -453,7 +491,7 @@ impl KvCache {
     ///
     /// # Shapes
     /// k, v `[batch, kv_heads, step, head_dim]` → `[batch, kv_heads, start + step, head_dim]`
-    pub(crate) fn write(
+    pub fn write(
         &mut self,
         layer: usize,
         start: i64,

@@ -30,7 +30,7 @@ pub mod tokenizer;
 
 pub use config::{LlamaConfig, LlamaConfigJson, RopeConfig, RopeScaling};
 pub use error::{Error, Result};
-pub use kv_cache::{CacheShape, KvCache, left_pad};
+pub use kv_cache::{CacheShape, KvCache, Step, StepMask, left_pad};
 pub use llama::{Input, Llama, LogitsAt};
 pub use template::{IMAGE_TOKEN, Prompt, PromptTemplate};
 pub use tokenizer::{LlamaTokenizer, SpecialToken, SpecialTokens, TokenizerBehavior};

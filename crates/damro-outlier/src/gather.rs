@@ -86,6 +86,30 @@ pub fn gather_tokens(
     Ok(features.f_gather(1, &index, false)?)
 }
 
+/// DAMRO's outlier tokens in one call: the top-`k` patches of
+/// `patch_scores` ([`crate::select_outliers`]) gathered from `features`
+/// ([`gather_tokens`]). Returns the gathered rows and the patch indices of
+/// the first batch row, in selection order.
+///
+/// # Shapes
+/// `features` as [`gather_tokens`]; `patch_scores` `[batch, patches]` →
+/// `[batch, k, hidden]`
+///
+/// # Errors
+/// As [`crate::select_outliers`] and [`gather_tokens`].
+pub fn outlier_tokens(
+    features: &Tensor,
+    patch_scores: &Tensor,
+    k: usize,
+    order: crate::OutlierOrder,
+    indexing: TokenIndexing,
+) -> Result<(Tensor, Vec<i64>)> {
+    let outliers = crate::select_outliers(patch_scores, k, order)?;
+    let gathered = gather_tokens(features, &outliers, indexing)?;
+    let indices = outliers.to_vec()?.into_iter().next().unwrap_or_default();
+    Ok((gathered, indices))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ pub mod metrics;
 pub mod select;
 
 pub use error::{Error, Result};
-pub use gather::{TokenIndexing, gather_tokens};
+pub use gather::{TokenIndexing, gather_tokens, outlier_tokens};
 pub use heatmap::{
     Colormap, GridPlacement, HeatmapOptions, PatchGrid, ScoreScale, Upsample, render_heatmap,
     write_heatmap,

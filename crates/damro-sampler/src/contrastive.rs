@@ -28,13 +28,19 @@ use tch::{Kind, Tensor};
 
 /// Plain or contrastive decoding, through one API.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Contrast {
     /// Decode from the full branch's logits as they are (no cutoff, no
     /// second branch): the reference's plain greedy/sampling path.
     Plain,
-    /// DAMRO: contrast the full branch against the outlier-only branch and
-    /// apply the adaptive plausibility cutoff.
+    /// DAMRO (and every contrast view that has a second branch): contrast
+    /// the full branch against the second branch and apply the adaptive
+    /// plausibility cutoff.
     Damro(DamroParams),
+    /// The cutoff alone, with no second branch (alpha = 0): the full
+    /// branch's logits with every token below `ln(beta) + max(l)` set to
+    /// `-inf`. The params' alpha is not used.
+    CutoffOnly(DamroParams),
 }
 
 impl Contrast {
@@ -70,6 +76,11 @@ impl Contrast {
                 damro_scores_with(logits, outlier, params, constants)
             }
             (Contrast::Damro(_), None) => Err(Error::MissingOutlierLogits),
+            (Contrast::CutoffOnly(params), None) => {
+                let cutoff = plausibility_cutoff(logits, params)?;
+                apply_cutoff(&upcast(logits)?, logits, &cutoff)
+            }
+            (Contrast::CutoffOnly(_), Some(_)) => Err(Error::UnexpectedOutlierLogits),
         }
     }
 }

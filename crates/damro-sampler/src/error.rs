@@ -48,7 +48,9 @@ pub enum Error {
     #[error("DAMRO decoding needs the outlier branch's logits, none were given")]
     MissingOutlierLogits,
     /// Plain decoding was given outlier logits (it would silently ignore them).
-    #[error("plain decoding was given outlier-branch logits; use `Contrast::Damro` or drop them")]
+    #[error(
+        "a contrast without a second branch (plain or cutoff-only) was given second-branch logits; use `Contrast::Damro` or drop them"
+    )]
     UnexpectedOutlierLogits,
     /// A repetition penalty is enabled but no token history was given.
     #[error("the repetition penalty needs the token history ([batch, seq] int64 ids)")]

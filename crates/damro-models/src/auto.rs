@@ -10,16 +10,30 @@ use damro_outlier::{
     write_heatmap,
 };
 use damro_sampler::DamroPreset;
-use tch::{Device, Tensor};
 
-use crate::common::{check_model_dir, pixel_values};
-use crate::{
-    Branches, DamroDecoder, Error, ImageSource, InstructBlipDecoder, LlavaDecoder, ModelOptions,
-    Request, Result, VisualTokens,
+/// A benchmark whose DAMRO settings the authors tuned per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Benchmark {
+    /// POPE (and MME, GPT-4V-aided evaluation).
+    Pope,
+    /// CHAIR captioning.
+    Chair,
+}
+use tch::Device;
+
+use damro_core::{
+    Branches, DamroDecoder, Error, ImageSource, ModelOptions, Request, Result, SecondImage,
+    VisualTokens,
 };
+use damro_llm::Llama;
+
+use crate::loading::check_model_dir;
+use crate::{InstructBlipDecoder, LlavaDecoder};
 
 /// A LLaVA-1.5 or InstructBLIP model, chosen from the directory's config.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AutoDecoder {
     /// `model_type: "llava"`.
     Llava(Box<LlavaDecoder>),
@@ -62,12 +76,26 @@ impl AutoDecoder {
         }
     }
 
-    /// The authors' DAMRO settings for this model (LLaVA-1.5: alpha 2,
-    /// beta 0.1, k 10; InstructBLIP, POPE: alpha 0.5, beta 0.1, k 4).
+    /// The authors' DAMRO settings for this model on POPE (and MME,
+    /// GPT-4V-aided): LLaVA-1.5 alpha 2, beta 0.1, k 10; InstructBLIP
+    /// alpha 0.5, beta 0.1, k 4.
+    ///
+    /// # Errors
+    /// Only if libtorch fails to compute `ln(beta)`.
     pub fn preset(&self) -> Result<DamroPreset> {
-        Ok(match self {
-            Self::Llava(_) => DamroPreset::llava_1_5()?,
-            Self::InstructBlip(_) => DamroPreset::instructblip_pope()?,
+        self.preset_for(Benchmark::Pope)
+    }
+
+    /// The authors' DAMRO settings for this model on a benchmark
+    /// (InstructBLIP uses alpha 1.5 on CHAIR, 0.5 on POPE).
+    ///
+    /// # Errors
+    /// Only if libtorch fails to compute `ln(beta)`.
+    pub fn preset_for(&self, benchmark: Benchmark) -> Result<DamroPreset> {
+        Ok(match (self, benchmark) {
+            (Self::Llava(_), _) => DamroPreset::llava_1_5()?,
+            (Self::InstructBlip(_), Benchmark::Chair) => DamroPreset::instructblip_chair()?,
+            (Self::InstructBlip(_), _) => DamroPreset::instructblip_pope()?,
         })
     }
 
@@ -76,6 +104,14 @@ impl AutoDecoder {
         match self {
             Self::Llava(_) => "llava",
             Self::InstructBlip(_) => "instructblip",
+        }
+    }
+
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        match self {
+            Self::Llava(d) => d.options(),
+            Self::InstructBlip(d) => d.options(),
         }
     }
 
@@ -88,11 +124,12 @@ impl AutoDecoder {
         k: usize,
         path: &Path,
     ) -> Result<Vec<i64>> {
-        let (processor, kind, device) = match self {
-            Self::Llava(d) => (d.processor(), d.language_model().kind(), d.device()),
-            Self::InstructBlip(d) => (d.processor(), d.language_model().kind(), d.device()),
+        let processor = match self {
+            Self::Llava(d) => d.processor(),
+            Self::InstructBlip(d) => d.processor(),
         };
-        let pixels = pixel_values(processor, image, kind, device)?;
+        let options = self.options();
+        let pixels = image.pixel_values(processor, options.kind, options.device)?;
         let attention = match self {
             Self::Llava(d) => d.cls_attention_of(&pixels)?,
             Self::InstructBlip(d) => d.cls_attention_of(&pixels)?,
@@ -141,35 +178,18 @@ macro_rules! delegate {
 }
 
 impl DamroDecoder for AutoDecoder {
-    type Cache = damro_llm::KvCache;
+    type Lm = Llama;
 
-    fn device(&self) -> Device {
-        delegate!(self, d => d.device())
+    fn language_model(&self) -> &Llama {
+        delegate!(self, d => d.language_model())
     }
 
-    fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
-        delegate!(self, d => d.encode_image(request, outlier_k))
+    fn encode_image(&self, request: &Request, second: SecondImage<'_>) -> Result<VisualTokens> {
+        delegate!(self, d => d.encode_image(request, second))
     }
 
-    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches> {
+    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches<()>> {
         delegate!(self, d => d.branch_embeds(request, visual))
-    }
-
-    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        delegate!(self, d => d.embed_tokens(ids))
-    }
-
-    fn new_cache(&self, rows: i64, capacity: i64) -> Result<Self::Cache> {
-        delegate!(self, d => d.new_cache(rows, capacity))
-    }
-
-    fn forward(
-        &self,
-        embeds: &Tensor,
-        row_lengths: &[i64],
-        cache: &mut Self::Cache,
-    ) -> Result<Tensor> {
-        delegate!(self, d => d.forward(embeds, row_lengths, cache))
     }
 
     fn stop_ids(&self) -> Vec<i64> {
@@ -178,5 +198,9 @@ impl DamroDecoder for AutoDecoder {
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         delegate!(self, d => d.decode(new_ids))
+    }
+
+    fn context_length(&self) -> Option<usize> {
+        delegate!(self, d => d.context_length())
     }
 }

@@ -1,7 +1,7 @@
 //! The InstructBLIP adapter (`Salesforce/instructblip-vicuna-7b`
 //! directories).
 //!
-//! Both branches run the Q-Former with the same query tokens and the same
+//! Both DAMRO branches run the Q-Former with the same query tokens and the same
 //! instruction text; the full branch over all 257 image tokens, the outlier
 //! branch over the k tokens gathered at the top-k patches by DAMRO's
 //! head-averaged [CLS] attention of encoder layer −2. By default the
@@ -15,25 +15,31 @@
 //! `"LLaMAForCausalLM"`, else `text_config.bos_token_id`), special tokens
 //! skipped, surrounding whitespace stripped; BOS and EOS for generation
 //! come from the tokenizer files, since the checkpoint's `text_config`
-//! states them wrongly.
+//! states them wrongly. VCD's branch runs the full image path on noised
+//! pixels; the no-image branch is the instruction alone, without the
+//! query tokens.
 
 use std::path::Path;
 
+use damro_core::{
+    Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
+    VisualTokens,
+};
 use damro_llm::{Llama, LlamaTokenizer};
 use damro_nn::KeyMap;
-use damro_outlier::{OutlierOrder, TokenIndexing};
+use damro_outlier::{OutlierOrder, TokenIndexing, outlier_tokens};
 use damro_vision::preprocess::ImageProcessor;
-use damro_vision::{InstructBlipConfig, InstructBlipVision, QFormerTokenizer};
-use tch::{Device, Tensor};
+use damro_vision::{InstructBlipConfig, InstructBlipVision, QFormerInput, QFormerTokenizer};
+use tch::Tensor;
 
-use crate::common::{
-    ModelOptions, load_language_side, open_weights, outlier_tokens, pixel_values, require_cls,
-    to_i64, to_u32,
+use crate::loading::{
+    LanguageSide, eos_stop_ids, load_language_side, open_weights, require_cls, to_i64, to_u32,
 };
-use crate::{Branches, DamroDecoder, Request, Result, VisualTokens};
+use crate::unsupported_view;
 
 /// Which vision-output rows the outlier patch indices address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Indexing {
     /// `image_embeds[:, idx]`, as the reference code gathers (the token one
     /// before each outlier patch; patch 0 maps to [CLS]).
@@ -74,13 +80,20 @@ fn decode_bos(text_config: &serde_json::Value) -> Option<u32> {
 
 impl InstructBlipDecoder {
     /// Loads an InstructBLIP model directory.
+    ///
+    /// # Errors
+    /// A missing or invalid config, checkpoint, tokenizer (either one) or
+    /// processor config (naming the file), or an unusable device.
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let root = open_weights(dir, &KeyMap::identity(), &options)?;
         let config = InstructBlipConfig::from_dir(dir)?;
         let vision = InstructBlipVision::load_from(&root, &config)?;
-        let (llm, tokenizer, processor) =
-            load_language_side(dir, &root, &config.text_config, &options)?;
+        let LanguageSide {
+            llm,
+            tokenizer,
+            processor,
+        } = load_language_side(dir, &root, &config.text_config, &options)?;
         Ok(Self {
             vision,
             llm,
@@ -114,62 +127,90 @@ impl InstructBlipDecoder {
         &self.vision
     }
 
-    /// The language model.
-    pub fn language_model(&self) -> &Llama {
-        &self.llm
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
     }
 
     /// DAMRO's [CLS] scores `[1, 256]` (f32) of preprocessed pixels
     /// `[1, 3, 224, 224]` on the model's device and dtype.
+    ///
+    /// # Errors
+    /// Pixels of the wrong shape.
     pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
         require_cls(self.vision.encode_image(pixels)?.cls_attention)
     }
 }
 
-impl DamroDecoder for InstructBlipDecoder {
-    type Cache = damro_llm::KvCache;
-
-    fn device(&self) -> Device {
-        self.options.device
-    }
-
-    fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
-        let pixels = pixel_values(
-            &self.processor,
-            &request.image,
-            self.options.kind,
-            self.options.device,
-        )?;
+impl InstructBlipDecoder {
+    /// The Q-Former's text input of a request.
+    fn qformer_text(&self, request: &Request) -> Result<QFormerInput> {
         let prompt = request.template.render(&request.question);
         let text = prompt.qformer.as_deref().unwrap_or(&request.question);
-        let text = self.qformer_tokenizer.encode(text, self.options.device)?;
+        Ok(self.qformer_tokenizer.encode(text, self.options.device)?)
+    }
+
+    fn outlier_prefix(
+        &self,
+        hidden: &Tensor,
+        attention: Option<Tensor>,
+        k: usize,
+        text: &QFormerInput,
+    ) -> Result<(Tensor, Vec<i64>)> {
+        let indexing = match self.indexing {
+            Indexing::Reference => TokenIndexing::ClsFirstReference,
+            Indexing::Corrected => TokenIndexing::ClsFirstCorrected,
+        };
+        let (gathered, indices) = outlier_tokens(
+            hidden,
+            &require_cls(attention)?,
+            k,
+            OutlierOrder::ByScore,
+            indexing,
+        )?;
+        Ok((self.vision.image_prefix(&gathered, text)?, indices))
+    }
+}
+
+impl DamroDecoder for InstructBlipDecoder {
+    type Lm = Llama;
+
+    fn language_model(&self) -> &Llama {
+        &self.llm
+    }
+
+    fn encode_image(&self, request: &Request, second: SecondImage<'_>) -> Result<VisualTokens> {
+        let pixels =
+            request
+                .image
+                .pixel_values(&self.processor, self.options.kind, self.options.device)?;
+        let text = self.qformer_text(request)?;
         let image = self.vision.encode_image(&pixels)?;
         let full = self.vision.image_prefix(&image.last_hidden_state, &text)?;
-        let (outlier, outlier_indices) = match outlier_k {
-            None => (None, Vec::new()),
-            Some(k) => {
-                let indexing = match self.indexing {
-                    Indexing::Reference => TokenIndexing::ClsFirstReference,
-                    Indexing::Corrected => TokenIndexing::ClsFirstCorrected,
-                };
-                let (gathered, indices) = outlier_tokens(
-                    &image.last_hidden_state,
-                    image.cls_attention,
-                    k,
-                    OutlierOrder::ByScore,
-                    indexing,
-                )?;
-                (Some(self.vision.image_prefix(&gathered, &text)?), indices)
+        let mut outlier_indices = Vec::new();
+        let contrast = match second {
+            SecondImage::None => ContrastTokens::None,
+            SecondImage::Outliers { k } => {
+                let (prefix, indices) =
+                    self.outlier_prefix(&image.last_hidden_state, image.cls_attention, k, &text)?;
+                outlier_indices = indices;
+                ContrastTokens::Tokens(prefix)
             }
+            SecondImage::Pixels(transform) => {
+                let noised = self.vision.encode_image(&transform.transform(&pixels)?)?;
+                ContrastTokens::Tokens(self.vision.image_prefix(&noised.last_hidden_state, &text)?)
+            }
+            SecondImage::NoImage => ContrastTokens::NoImage,
+            other => return Err(unsupported_view("InstructBLIP", other)),
         };
         Ok(VisualTokens {
             full,
-            outlier,
+            contrast,
             outlier_indices,
         })
     }
 
-    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches> {
+    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches<()>> {
         let prompt = request.template.render(&request.question);
         let ids = to_i64(&self.tokenizer.encode(&prompt.llm)?);
         let ids_t = Tensor::f_from_slice(&ids)?
@@ -178,20 +219,31 @@ impl DamroDecoder for InstructBlipDecoder {
         let text = self.llm.embed(&ids_t)?;
         let prefixed =
             |prefix: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[prefix, &text], 1)?) };
+        let contrast = match &visual.contrast {
+            ContrastTokens::Tokens(t) => Some(prefixed(t)?),
+            ContrastTokens::NoImage => Some(text.shallow_clone()),
+            _ => None,
+        };
         Ok(Branches {
-            full: prefixed(&visual.full)?,
-            outlier: visual.outlier.as_ref().map(prefixed).transpose()?,
+            full: Branch::new(prefixed(&visual.full)?),
+            contrast: contrast.map(Branch::new),
             prompt_ids: ids,
         })
     }
 
-    crate::common::llama_decoder_methods!();
+    fn stop_ids(&self) -> Vec<i64> {
+        eos_stop_ids(&self.tokenizer)
+    }
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         let mut ids = Vec::with_capacity(new_ids.len() + 1);
         ids.extend(self.decode_bos);
         ids.extend(to_u32(new_ids)?);
         Ok(self.tokenizer.decode(&ids)?.trim().to_string())
+    }
+
+    fn context_length(&self) -> Option<usize> {
+        usize::try_from(self.llm.config().max_position_embeddings).ok()
     }
 }
 

@@ -2,25 +2,30 @@
 //! in any key layout).
 //!
 //! Full branch: the prompt's one `<image>` id replaced by the 576 projected
-//! patch features of `hidden_states[-2]`. Outlier branch: replaced by the
+//! patch features of `hidden_states[-2]`. DAMRO's branch: replaced by the
 //! projected features of the top-k patches by DAMRO's full-width [CLS]
 //! score of encoder layer −2, in descending-score order. The ViT runs once
-//! per image for both.
+//! per image for both. VCD's branch runs the same path on noised pixels;
+//! the no-image branch drops the placeholder.
 
 use std::path::Path;
 
+use damro_core::{
+    Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
+    VisualTokens,
+};
 use damro_llm::{Llama, LlamaTokenizer};
 use damro_nn::KeyMap;
-use damro_outlier::{OutlierOrder, TokenIndexing};
+use damro_outlier::{OutlierOrder, TokenIndexing, outlier_tokens};
 use damro_vision::preprocess::ImageProcessor;
 use damro_vision::{LlavaConfig, LlavaVision};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
-use crate::common::{
-    ModelOptions, load_language_side, open_weights, outlier_tokens, pixel_values, require_cls,
-    to_i64, to_u32,
+use crate::loading::{
+    LanguageSide, eos_stop_ids, load_language_side, open_weights, placeholder_position,
+    require_cls, splice_at, to_i64, to_u32,
 };
-use crate::{Branches, DamroDecoder, Error, Request, Result, VisualTokens};
+use crate::unsupported_view;
 
 /// LLaVA-1.5 behind [`DamroDecoder`].
 #[derive(Debug)]
@@ -35,13 +40,20 @@ pub struct LlavaDecoder {
 
 impl LlavaDecoder {
     /// Loads a LLaVA-1.5 model directory.
+    ///
+    /// # Errors
+    /// A missing or invalid config, checkpoint, tokenizer or processor
+    /// config (naming the file), or an unusable device.
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let root = open_weights(dir, &KeyMap::llava(), &options)?;
         let config = LlavaConfig::from_dir(dir)?;
         let vision = LlavaVision::load_from(&root, &config)?;
-        let (llm, tokenizer, processor) =
-            load_language_side(dir, &root, &config.text_config, &options)?;
+        let LanguageSide {
+            llm,
+            tokenizer,
+            processor,
+        } = load_language_side(dir, &root, &config.text_config, &options)?;
         Ok(Self {
             vision,
             llm,
@@ -82,97 +94,105 @@ impl LlavaDecoder {
         &self.vision
     }
 
-    /// The language model.
-    pub fn language_model(&self) -> &Llama {
-        &self.llm
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
     }
 
     /// DAMRO's [CLS] scores `[1, 576]` (f32) of preprocessed pixels
     /// `[1, 3, 336, 336]` on the model's device and dtype.
+    ///
+    /// # Errors
+    /// Pixels of the wrong shape.
     pub fn cls_attention_of(&self, pixels: &Tensor) -> Result<Tensor> {
         let (_, attention) = self.vision.features(pixels)?;
         require_cls(attention)
     }
 
-    fn prompt_ids(&self, request: &Request) -> Result<Vec<i64>> {
+    /// The prompt's token ids.
+    ///
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn prompt_ids(&self, request: &Request) -> Result<Vec<i64>> {
         let prompt = request.template.render(&request.question);
         Ok(to_i64(&self.tokenizer.encode(&prompt.llm)?))
+    }
+
+    /// The full image path: projected patch features of pixels.
+    fn encode_pixels(&self, pixels: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (features, attention) = self.vision.features(pixels)?;
+        Ok((self.vision.project(&features)?, features, attention))
     }
 }
 
 impl DamroDecoder for LlavaDecoder {
-    type Cache = damro_llm::KvCache;
+    type Lm = Llama;
 
-    fn device(&self) -> Device {
-        self.options.device
+    fn language_model(&self) -> &Llama {
+        &self.llm
     }
 
-    fn encode_image(&self, request: &Request, outlier_k: Option<usize>) -> Result<VisualTokens> {
-        let pixels = pixel_values(
-            &self.processor,
-            &request.image,
-            self.options.kind,
-            self.options.device,
-        )?;
-        let (features, attention) = self.vision.features(&pixels)?;
-        let full = self.vision.project(&features)?;
-        let (outlier, outlier_indices) = match outlier_k {
-            None => (None, Vec::new()),
-            Some(k) => {
+    fn encode_image(&self, request: &Request, second: SecondImage<'_>) -> Result<VisualTokens> {
+        let pixels =
+            request
+                .image
+                .pixel_values(&self.processor, self.options.kind, self.options.device)?;
+        let (full, features, attention) = self.encode_pixels(&pixels)?;
+        let mut outlier_indices = Vec::new();
+        let contrast = match second {
+            SecondImage::None => ContrastTokens::None,
+            SecondImage::Outliers { k } => {
                 let (gathered, indices) = outlier_tokens(
                     &features,
-                    attention,
+                    &require_cls(attention)?,
                     k,
                     self.order,
                     TokenIndexing::PatchFeatures,
                 )?;
-                (Some(self.vision.project(&gathered)?), indices)
+                outlier_indices = indices;
+                ContrastTokens::Tokens(self.vision.project(&gathered)?)
             }
+            SecondImage::Pixels(transform) => {
+                ContrastTokens::Tokens(self.encode_pixels(&transform.transform(&pixels)?)?.0)
+            }
+            SecondImage::NoImage => ContrastTokens::NoImage,
+            other => return Err(unsupported_view("LLaVA-1.5", other)),
         };
         Ok(VisualTokens {
             full,
-            outlier,
+            contrast,
             outlier_indices,
         })
     }
 
-    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches> {
+    fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches<()>> {
         let ids = self.prompt_ids(request)?;
-        let image_id = self.vision.config().image_token_index;
-        let positions: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| **id == image_id)
-            .map(|(i, _)| i)
-            .collect();
-        let [at] = positions[..] else {
-            return Err(Error::invalid(
-                "prompt",
-                format!(
-                    "LLaVA needs exactly one image placeholder (id {image_id}) in the prompt, found {}; use the llava_v1 template or put `<image>` in a raw prompt",
-                    positions.len()
-                ),
-            ));
-        };
+        let at = placeholder_position(&ids, self.vision.config().image_token_index)?;
         let ids_t = Tensor::f_from_slice(&ids)?
             .f_to_device(self.options.device)?
             .f_unsqueeze(0)?;
         let text = self.llm.embed(&ids_t)?;
-        let len = ids.len() as i64;
-        let before = text.f_narrow(1, 0, at as i64)?;
-        let after = text.f_narrow(1, at as i64 + 1, len - at as i64 - 1)?;
-        let splice =
-            |image: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[&before, image, &after], 1)?) };
+        let contrast = match &visual.contrast {
+            ContrastTokens::Tokens(t) => Some(splice_at(&text, at, Some(t))?),
+            ContrastTokens::NoImage => Some(splice_at(&text, at, None)?),
+            _ => None,
+        };
         Ok(Branches {
-            full: splice(&visual.full)?,
-            outlier: visual.outlier.as_ref().map(splice).transpose()?,
+            full: Branch::new(splice_at(&text, at, Some(&visual.full))?),
+            contrast: contrast.map(Branch::new),
             prompt_ids: ids,
         })
     }
 
-    crate::common::llama_decoder_methods!();
+    fn stop_ids(&self) -> Vec<i64> {
+        eos_stop_ids(&self.tokenizer)
+    }
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         Ok(self.tokenizer.decode(&to_u32(new_ids)?)?.trim().to_string())
+    }
+
+    fn context_length(&self) -> Option<usize> {
+        usize::try_from(self.llm.config().max_position_embeddings).ok()
     }
 }
