@@ -184,7 +184,7 @@ def pixel_record(pv: torch.Tensor) -> dict:
 def geometry(h: int, w: int) -> dict:
     """The processor's and the packer's integer geometry for an image of (h, w), from 4.43's code."""
     best = select_best_resolution((h, w), PINPOINTS)
-    dummy = np.zeros((h, w, 1), dtype=np.uint8)
+    dummy = np.empty((h, w, 1), dtype=np.uint8)  # only its shape is read
     nh, nw = hf_proc._get_patch_output_size(dummy, best, ChannelDimension.LAST)
     rows, cols = best[0] // TILE, best[1] // TILE
     out = {"size_hw": [h, w], "best_hw": list(best), "resized_hw": [nh, nw],
@@ -217,6 +217,12 @@ def geometry_sizes() -> list[tuple[int, int]]:
     sizes = [(h, w) for h in sides for w in sides]
     # sizes whose aspect resize lands a hair above an integer in float64 (ceil rounds it up)
     sizes += [(101, 303), (102, 576), (119, 170), (144, 219), (150, 100), (150, 275), (155, 310), (152, 114)]
+    # sizes whose un-pad differs when the scale is cur / orig instead of 4.43's reciprocal(orig) * cur
+    sizes += [(630, 2160), (2160, 630), (2291, 3792), (440, 2112), (3736, 467), (1512, 231)]
+    # COCO-like photos (640 on the long side), then random sizes
+    sizes += [(h, 640) for h in range(300, 641)] + [(640, w) for w in range(300, 640)]
+    rng = np.random.default_rng(12)
+    sizes += [(int(h), int(w)) for h, w in rng.integers(1, 5000, size=(300, 2))]
     sizes += [tuple(v) for v in list(NEW_IMAGES.values()) + [(333, 500), (400, 240), (150, 200)]]
     return sorted(set(sizes))
 

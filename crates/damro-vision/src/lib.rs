@@ -11,18 +11,23 @@
 //!   `language_projection`.
 //! - [`llava`] and [`instructblip`]: each model's vision side loaded from a
 //!   HuggingFace model directory, ready for the facade.
+//! - [`llava_next`] and [`anyres_pack`]: LLaVA-NeXT's tiles through the CLIP
+//!   tower in one batch, the packed full branch (transformers 4.43's grid
+//!   layout or the corrected one) and DAMRO's base-tile contrast tokens.
 //! - [`config`]: the configs, as written in `config.json` and validated.
 //!
 //! Tensor layouts and numerics follow HF transformers 5.23; the `[CLS]`
 //! attention forms follow the DAMRO authors' code (EMNLP 2024,
 //! arXiv 2410.04514).
 
+pub mod anyres_pack;
 pub mod clip;
 pub mod config;
 mod error;
 pub mod eva;
 pub mod instructblip;
 pub mod llava;
+pub mod llava_next;
 pub mod preprocess;
 pub mod projector;
 pub mod qformer;
@@ -35,6 +40,7 @@ pub use error::{Error, Result};
 pub use eva::{EvaOutput, EvaVisionTower};
 pub use instructblip::{InstructBlipConfig, InstructBlipImageFeatures, InstructBlipVision};
 pub use llava::{FeatureSelectStrategy, LlavaConfig, LlavaImageFeatures, LlavaVision};
+pub use llava_next::{LlavaNextConfig, LlavaNextImageFeatures, LlavaNextVision};
 pub use projector::{LanguageProjection, LlavaProjector, LlavaProjectorConfig};
 pub use qformer::QFormer;
 pub use qformer_tokenizer::{QFormerInput, QFormerTokenizer};

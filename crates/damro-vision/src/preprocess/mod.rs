@@ -10,7 +10,8 @@
 //! - [`transforms`]: HF's output-size rule, pad-to-square, centre crop,
 //!   and the rescale/normalise arithmetic of both HF backends;
 //! - [`config`]: the config file and its validated form;
-//! - [`processor`]: [`ImageProcessor`], the pipeline and its entry points.
+//! - [`processor`]: [`ImageProcessor`], the pipeline and its entry points;
+//! - [`anyres`]: LLaVA-NeXT's tiling processor (transformers 4.43).
 //!
 //! ```no_run
 //! use damro_vision::preprocess::{ImageProcessor, PreprocessorConfig};
@@ -22,12 +23,14 @@
 
 use std::path::PathBuf;
 
+pub mod anyres;
 pub mod config;
 pub mod convert;
 pub mod pil_bicubic;
 pub mod processor;
 pub mod transforms;
 
+pub use anyres::{AnyResPixels, LlavaNextImageProcessor, LlavaNextPreprocessorConfig};
 pub use config::{
     CropSize, Normalize, PreprocessorConfig, PreprocessorConfigFile, ProcessorKind, ResizeTarget,
 };
@@ -50,6 +53,24 @@ pub enum PreprocessError {
         what: String,
         #[source]
         source: image::ImageError,
+    },
+    /// The path is not a regular file (a directory, a device such as
+    /// `/dev/zero`, a pipe).
+    #[error("cannot read {path} as an image: it is not a regular file")]
+    NotAFile { path: PathBuf },
+    /// The file is larger than any image this crate reads.
+    #[error("{path} is {bytes} bytes, more than the {limit}-byte limit for an image file")]
+    FileTooLarge { path: PathBuf, bytes: u64, limit: u64 },
+    /// The image's header claims more pixels than the decompression-bomb
+    /// limit (checked before decoding).
+    #[error(
+        "image {what} claims {width}x{height} pixels, more than the limit of {limit} (Pillow's decompression-bomb threshold)"
+    )]
+    DecompressionBomb {
+        what: String,
+        width: u32,
+        height: u32,
+        limit: u64,
     },
     /// An image or a requested size with a zero side.
     #[error("image size {width}x{height} has a zero side")]
