@@ -105,7 +105,7 @@ pub struct TileFeatures {
 
 /// The contrast branch's image tokens.
 #[derive(Debug)]
-pub struct ContrastTokens {
+pub struct OutlierTokens {
     /// `[1, k + 1, text_hidden]`: the base tile's k outlier features in
     /// top-k order, projected, then `image_newline`.
     pub tokens: Tensor,
@@ -121,7 +121,7 @@ pub struct LlavaNextImageFeatures {
     /// The packing used for `full`.
     pub plan: PackPlan,
     /// The contrast branch, when `k` was given.
-    pub contrast: Option<ContrastTokens>,
+    pub outliers: Option<OutlierTokens>,
     /// Per-tile features and scores (for heatmaps of every tile).
     pub tiles: TileFeatures,
 }
@@ -202,7 +202,7 @@ impl LlavaNextVision {
     /// # Errors
     /// [`Error::Input`] without `[CLS]` scores or for `k` outside
     /// `1..=patches`.
-    pub fn contrast_tokens(&self, tiles: &TileFeatures, k: i64) -> Result<ContrastTokens> {
+    pub fn outlier_tokens(&self, tiles: &TileFeatures, k: i64) -> Result<OutlierTokens> {
         let scores = tiles.cls_attention.as_ref().ok_or_else(|| {
             Error::input(
                 "LLaVA-NeXT contrast tokens",
@@ -220,7 +220,7 @@ impl LlavaNextVision {
         let projected = self.llava.project(&base.f_index_select(0, &index)?)?;
         let newline = self.image_newline.f_to_kind(projected.kind())?;
         let tokens = Tensor::f_cat(&[projected, newline.f_unsqueeze(0)?], 0)?.f_unsqueeze(0)?;
-        Ok(ContrastTokens {
+        Ok(OutlierTokens {
             tokens,
             outlier_indices: Vec::<i64>::try_from(index.f_to_device(tch::Device::Cpu)?)?,
         })
@@ -234,7 +234,7 @@ impl LlavaNextVision {
     ///
     /// # Errors
     /// A tile count that does not match `image_size`'s grid, or the errors
-    /// of [`Self::contrast_tokens`].
+    /// of [`Self::outlier_tokens`].
     pub fn encode(
         &self,
         pixels: &Tensor,
@@ -258,11 +258,11 @@ impl LlavaNextVision {
         }
         let tiles = self.encode_tiles(pixels)?;
         let full = self.full_tokens(&tiles, &plan)?;
-        let contrast = k.map(|k| self.contrast_tokens(&tiles, k)).transpose()?;
+        let outliers = k.map(|k| self.outlier_tokens(&tiles, k)).transpose()?;
         Ok(LlavaNextImageFeatures {
             full,
             plan,
-            contrast,
+            outliers,
             tiles,
         })
     }

@@ -200,7 +200,7 @@ fn tile_features_scores_and_both_branches() {
                 "{image} {name} image tokens"
             );
         }
-        let contrast = out.contrast.as_ref().unwrap();
+        let contrast = out.outliers.as_ref().unwrap();
         assert_eq!(contrast.tokens.size(), [1, k + 1, 64]);
         assert_eq!(
             contrast.outlier_indices,
@@ -243,7 +243,7 @@ fn case_branches_have_the_reference_lengths_and_tokens() {
             "{name} full branch length"
         );
         if let Some(k) = k {
-            let contrast = out.contrast.unwrap();
+            let contrast = out.outliers.unwrap();
             assert_eq!(
                 prompt_len + k,
                 case["outlier_len"].as_i64().unwrap(),
