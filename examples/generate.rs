@@ -60,8 +60,11 @@ struct Args {
     json: bool,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     let decoder = args.model.load()?;
     let template = args.template.unwrap_or_else(|| decoder.default_template());
     let contrastive = args.contrast.mode(&decoder, Benchmark::Pope)?;

@@ -29,8 +29,11 @@ struct Args {
     top_k: Option<usize>,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     let decoder = args.model.load()?;
     let k = match args.top_k {
         Some(k) => k,

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -18,6 +19,22 @@ use damro::{
     ModelOptions, VcdNoise, VcdSettings,
 };
 use tch::{Device, Kind};
+
+/// Ends a command: on error prints `error: ` and the whole chain of causes
+/// on one line per cause (no backtrace, whatever `RUST_BACKTRACE` says) and
+/// exits with status 1.
+pub fn exit_code(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(text: &str) -> Result<Device, String> {

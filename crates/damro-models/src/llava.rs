@@ -22,8 +22,8 @@ use damro_vision::{LlavaConfig, LlavaVision};
 use tch::Tensor;
 
 use crate::loading::{
-    LanguageSide, eos_stop_ids, load_language_side, open_weights, placeholder_position,
-    require_cls, splice_at, to_i64, to_u32,
+    LanguageSide, check_image_token, eos_stop_ids, load_language_side, open_weights,
+    placeholder_position, require_cls, splice_at, to_i64, to_u32,
 };
 use crate::unsupported_view;
 
@@ -54,6 +54,13 @@ impl LlavaDecoder {
             tokenizer,
             processor,
         } = load_language_side(dir, &root, &config.text_config, &options)?;
+        check_image_token(
+            dir,
+            "image_token_index",
+            vision.config().image_token_index,
+            &tokenizer,
+            &llm,
+        )?;
         Ok(Self {
             vision,
             llm,

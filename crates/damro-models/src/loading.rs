@@ -91,6 +91,49 @@ pub fn load_language_side(
     })
 }
 
+/// Checks that a model's image placeholder is one token of its tokenizer
+/// and a row of its embedding matrix, so a prompt problem is never blamed
+/// for a config/tokenizer mismatch.
+///
+/// # Errors
+/// [`Error::Invalid`] naming `config.json`'s field or `tokenizer.json`.
+pub fn check_image_token(
+    dir: &Path,
+    field: &str,
+    image_id: i64,
+    tokenizer: &LlamaTokenizer,
+    llm: &Llama,
+) -> Result<()> {
+    let vocab = llm.config().vocab_size;
+    if !(0..vocab).contains(&image_id) {
+        return Err(Error::invalid(
+            "model config",
+            format!(
+                "`{field}` = {image_id} in {} is outside the language model's vocabulary of {vocab} rows",
+                dir.join("config.json").display()
+            ),
+        ));
+    }
+    let token = damro_llm::IMAGE_TOKEN;
+    match tokenizer.token_to_id(token) {
+        Some(id) if i64::from(id) == image_id => Ok(()),
+        Some(id) => Err(Error::invalid(
+            "tokenizer",
+            format!(
+                "{} maps `{token}` to id {id}, but `{field}` in config.json says {image_id}",
+                dir.join("tokenizer.json").display()
+            ),
+        )),
+        None => Err(Error::invalid(
+            "tokenizer",
+            format!(
+                "{} has no `{token}` token (expected id {image_id}, the config's `{field}`)",
+                dir.join("tokenizer.json").display()
+            ),
+        )),
+    }
+}
+
 /// Ids as `i64`.
 pub fn to_i64(ids: &[u32]) -> Vec<i64> {
     ids.iter().map(|&i| i64::from(i)).collect()

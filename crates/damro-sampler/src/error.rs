@@ -52,6 +52,13 @@ pub enum Error {
         "a contrast without a second branch (plain or cutoff-only) was given second-branch logits; use `Contrast::Damro` or drop them"
     )]
     UnexpectedOutlierLogits,
+    /// Logits hold NaN or infinite values (e.g. a broken checkpoint or an
+    /// f16 overflow): no token can be chosen from them.
+    #[error("`{what}` hold NaN or infinite values")]
+    NonFiniteLogits {
+        /// Which branch's logits.
+        what: &'static str,
+    },
     /// A repetition penalty is enabled but no token history was given.
     #[error("the repetition penalty needs the token history ([batch, seq] int64 ids)")]
     MissingHistory,

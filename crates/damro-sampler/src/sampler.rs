@@ -123,12 +123,31 @@ impl Sampler {
     /// See [`StepLogits`]; result `[batch]` int64.
     ///
     /// # Errors
-    /// As [`Sampler::scores`].
+    /// As [`Sampler::scores`], and [`Error::NonFiniteLogits`] when either
+    /// branch's logits hold NaN or an infinity.
     pub fn step(&mut self, step: StepLogits<'_>) -> Result<Tensor> {
+        check_finite("logits", step.logits)?;
+        if let Some(second) = step.outlier_logits {
+            check_finite("outlier_logits", second)?;
+        }
         if let (Contrast::Damro(params), None) = (&self.contrast, &self.constants) {
             self.constants = Some(StepConstants::new(params, tch::Kind::Float)?);
         }
         let scores = self.scores_with(step, self.constants.as_ref())?;
         self.choice.choose_with(&scores, &mut self.first_max)
     }
+}
+
+/// Rejects logits with NaN or infinite values (one reduction and one host
+/// read per branch and step).
+fn check_finite(what: &'static str, logits: &Tensor) -> Result<()> {
+    let bad = logits
+        .f_isfinite()?
+        .f_logical_not()?
+        .f_any()?
+        .f_int64_value(&[])?;
+    if bad != 0 {
+        return Err(Error::NonFiniteLogits { what });
+    }
+    Ok(())
 }

@@ -362,7 +362,13 @@ fn non_finite_logits_never_revive_a_removed_token() {
     assert_eq!(s[5], 12.0);
     // A NaN score (from a NaN outlier logit) is never chosen either.
     assert_eq!(s[6], -inf);
-    assert_eq!(greedy_ids(Contrast::Damro(p), &l, Some(&lo)), [0]);
+    // The sampler itself refuses such logits: they come from a broken
+    // model, and decoding from them would hide it.
+    let mut sampler = Sampler::new(Contrast::Damro(p), TokenChoice::Greedy);
+    assert!(matches!(
+        sampler.step(StepLogits::damro(&l, &lo)),
+        Err(damro_sampler::Error::NonFiniteLogits { what: "logits" })
+    ));
     // A NaN full-branch logit makes the cutoff NaN: no token is plausible.
     let l = row(&[5.0, f32::NAN, 4.0]);
     let s = damro_scores(&l, &l, &p).unwrap();
@@ -452,4 +458,28 @@ fn bad_inputs_are_typed_errors() {
         penalised.scores(StepLogits::plain(&l)),
         Err(Error::MissingHistory)
     ));
+}
+
+#[test]
+fn non_finite_logits_are_an_error_naming_the_branch() {
+    use damro_sampler::{Contrast, DamroParams, Error, Sampler, StepLogits, TokenChoice};
+    let params = DamroParams::new(1.0, 0.1).unwrap();
+    let good = Tensor::from_slice(&[0.5f32, 2.0, 1.0]).view([1, 3]);
+    for bad_value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let bad = Tensor::from_slice(&[0.5f32, bad_value, 1.0]).view([1, 3]);
+        let mut plain = Sampler::new(Contrast::Plain, TokenChoice::Greedy);
+        assert!(matches!(
+            plain.step(StepLogits::plain(&bad)),
+            Err(Error::NonFiniteLogits { what: "logits" })
+        ));
+        let mut damro = Sampler::new(Contrast::Damro(params), TokenChoice::Greedy);
+        assert!(matches!(
+            damro.step(StepLogits::damro(&good, &bad)),
+            Err(Error::NonFiniteLogits {
+                what: "outlier_logits"
+            })
+        ));
+        // Finite logits still decode.
+        assert!(damro.step(StepLogits::damro(&good, &good)).is_ok());
+    }
 }

@@ -175,10 +175,7 @@ impl ImageProcessor {
     pub fn to_rgb(&self, input: ImageInput<'_>) -> Result<RgbImage> {
         match input {
             ImageInput::Path(path) => {
-                let bytes = std::fs::read(path).map_err(|e| PreprocessError::Io {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
+                let bytes = read_image_file(path)?;
                 self.decode(&bytes, &path.display().to_string())
             }
             ImageInput::Encoded(bytes) => self.decode(bytes, "<memory>"),
@@ -204,10 +201,7 @@ impl ImageProcessor {
     }
 
     fn decode(&self, bytes: &[u8], what: &str) -> Result<RgbImage> {
-        let image = image::load_from_memory(bytes).map_err(|source| PreprocessError::Decode {
-            what: what.to_string(),
-            source,
-        })?;
+        let image = decode_bounded(bytes, what)?;
         self.convert(&image, PngHeader::sniff(bytes).as_ref())
     }
 
@@ -364,6 +358,60 @@ impl ImageProcessor {
         let (h, w) = size.ok_or(PreprocessError::EmptyBatch)?;
         Ok(Tensor::f_from_slice(&data)?.f_view([inputs.len() as i64, 3, h as i64, w as i64])?)
     }
+}
+
+/// Images whose header claims more pixels than this are refused before
+/// decoding: Pillow's decompression-bomb error threshold (2 x 89,478,485).
+pub const MAX_DECODED_PIXELS: u64 = 2 * 89_478_485;
+
+/// Files larger than this are not read as images (1 GiB).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 1 << 30;
+
+/// Reads an image file after checking that it is a regular file of a
+/// sensible size (so `/dev/zero` or a directory is an error, not a hang).
+fn read_image_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let io = |e: std::io::Error| PreprocessError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(PreprocessError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(PreprocessError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: meta.len(),
+            limit: MAX_IMAGE_FILE_BYTES,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Decodes an encoded image after checking the size its header claims
+/// against [`MAX_DECODED_PIXELS`].
+fn decode_bounded(bytes: &[u8], what: &str) -> Result<DynamicImage> {
+    let decode_error = |source| PreprocessError::Decode {
+        what: what.to_string(),
+        source,
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| decode_error(image::ImageError::IoError(e)))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(decode_error)?;
+    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        return Err(PreprocessError::DecompressionBomb {
+            what: what.to_string(),
+            width,
+            height,
+            limit: MAX_DECODED_PIXELS,
+        });
+    }
+    reader()?.decode().map_err(decode_error)
 }
 
 /// Largest image any step may produce, in pixels (2^30, 3 GiB of RGB).
