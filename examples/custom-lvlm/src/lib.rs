@@ -165,15 +165,16 @@ impl DamroDecoder for ToyLvlm {
             SecondImage::NoImage => ContrastTokens::NoImage,
             other => return Err(Error::model("toy LVLM", format!("no view {other:?}"))),
         };
+        let full = self.vision.project(&features)?;
         Ok(VisualTokens {
-            full: self.vision.project(&features)?,
+            full,
             contrast,
             outlier_indices,
         })
     }
 
     fn branch_embeds(&self, request: &Request, visual: &VisualTokens) -> Result<Branches<()>> {
-        let ids = Self::prompt_ids(&request.question);
+        let ids = Self::prompt_ids(&request.question); // `<image>` + the question's bytes
         let ids_t = Tensor::f_from_slice(&ids)?
             .f_to_device(self.device())?
             .f_unsqueeze(0)?;
