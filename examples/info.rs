@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         tch::Cuda::is_available(),
         tch::Cuda::device_count()
     );
+    println!("libtorch threads: {}", tch::get_num_threads());
     println!("device: {device:?}");
     let x = Tensor::f_arange(6, (Kind::Float, device))?.f_view([2, 3])?;
     let y = x.f_matmul(&x.f_transpose(0, 1)?)?;

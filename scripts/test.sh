@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace (README command 2), then checks that the
+# Runs every test of the workspace (README command 2) with 2 and with 1
+# libtorch threads, then checks that the
 # built binaries keep libtorch_cuda.so (scripts/check-cuda-link.sh).
 # libtorch is provisioned by scripts/libtorch-env.sh on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/libtorch-env.sh
 jobs="${CARGO_BUILD_JOBS:-2}"
-cargo test --workspace --all-targets -j"$jobs"
+# Every test with two libtorch threads, then again with one: the parity
+# bounds must hold whatever order the kernels sum in.
+OMP_NUM_THREADS=2 cargo test --workspace --all-targets -j"$jobs"
+OMP_NUM_THREADS=1 cargo test --workspace --all-targets -j"$jobs"
 cargo test --workspace --doc -j"$jobs"
 bash scripts/check-cuda-link.sh
