@@ -80,6 +80,57 @@ def damro_generate(
     return new_tokens
 
 
+@torch.no_grad()
+def contrast_generate(
+    lm,
+    full_embeds: torch.Tensor,
+    second_embeds: torch.Tensor | None,
+    *,
+    alpha: float,
+    beta: float,
+    max_new_tokens: int,
+    eos_id: int,
+    sample: bool = False,
+    trace: list | None = None,
+) -> list[int]:
+    """The same sampler as `damro_generate`, for any second branch (VCD's noised image, the
+    prompt without image, ...), or for the cutoff alone.
+
+    second_embeds given: cutoff = ln(beta) + max(l) (ln(beta) in f32); s = (1+alpha) l - alpha l2;
+      s[l < cutoff] = -inf; the second branch has its own cache and its own positions.
+    second_embeds None ("cutoff only"): s = l with l < cutoff removed; no second forward runs and
+      alpha is not used.
+    Greedy argmax (ties: lowest id) or torch.multinomial(softmax(s), 1) with the global RNG.
+    trace: if a list is given, (l, l2 or None, s) of every step is appended to it.
+    """
+    embed_tokens = lm.get_input_embeddings()
+    cache_full = DynamicCache(config=lm.config)
+    cache_second = DynamicCache(config=lm.config)
+    log_beta = torch.log(torch.tensor(beta, dtype=torch.float32))
+    x_full, x_second = full_embeds, second_embeds
+    new_tokens: list[int] = []
+    for _ in range(max_new_tokens):
+        l = _next_logits(lm, x_full, cache_full)
+        cutoff = log_beta + l.max()
+        if second_embeds is None:
+            l2, s = None, l
+        else:
+            l2 = _next_logits(lm, x_second, cache_second)
+            s = (1 + alpha) * l - alpha * l2
+        s = s.masked_fill(l < cutoff, float("-inf"))
+        if sample:
+            token = int(torch.multinomial(torch.softmax(s, dim=-1), num_samples=1))
+        else:
+            token = int(torch.argmax(s))
+        if trace is not None:
+            trace.append((l, l2, s))
+        new_tokens.append(token)
+        if token == eos_id:
+            break
+        x_full = x_second = embed_tokens(torch.tensor([[token]]))
+    return new_tokens
+
+
 # ------------------------------------------------------------------------------------------
 # LLaVA-1.5
 
@@ -203,3 +254,23 @@ def instructblip_bos_for_decode(text_config) -> int:
     if (text_config.architectures or [""])[0] == "LLaMAForCausalLM":
         return 2
     return text_config.bos_token_id
+
+
+# ------------------------------------------------------------------------------------------
+# VCD (Leng et al., CVPR 2024): the second branch's pixels noised by a diffusion forward step
+
+
+def vcd_schedule(steps: int = 1000) -> torch.Tensor:
+    """abar = cumprod(1 - betas), betas = sigmoid(linspace(-6, 6, steps)) * (5e-3 - 1e-5) + 1e-5 (f32)."""
+    betas = torch.sigmoid(torch.linspace(-6, 6, steps)) * (0.5e-2 - 1e-5) + 1e-5
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def vcd_noise(pixels: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    """x_t = sqrt(abar[t]) x + sqrt(1 - abar[t]) n, n = randn_like(x) drawn right after
+    torch.manual_seed(seed), all f32 on the CPU."""
+    x = pixels.float().cpu()
+    abar = vcd_schedule()
+    torch.manual_seed(seed)
+    noise = torch.randn_like(x)
+    return torch.sqrt(abar[step]) * x + torch.sqrt(1 - abar[step]) * noise
