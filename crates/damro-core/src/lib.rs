@@ -32,6 +32,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod branches;
 mod config;
 pub mod cuda;

@@ -58,6 +58,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod answers_file;
 pub mod chair;
 pub mod compare;

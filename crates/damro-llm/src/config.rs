@@ -34,11 +34,23 @@ pub struct RopeParametersJson {
     /// transformers 4 name of `rope_type`.
     #[serde(rename = "type")]
     pub type_: Option<String>,
+    /// `rope_theta` inside the dict (transformers 5); overrides the top-level
+    /// `rope_theta`. Default: the top-level value, else 10000.
     pub rope_theta: Option<f64>,
+    /// `factor`: the scaling factor, required by the `linear`, `dynamic` and
+    /// `llama3` types. No default.
     pub factor: Option<f64>,
+    /// `low_freq_factor` of the `llama3` type (required there). No default.
     pub low_freq_factor: Option<f64>,
+    /// `high_freq_factor` of the `llama3` type (required there; must exceed
+    /// `low_freq_factor`). No default.
     pub high_freq_factor: Option<f64>,
+    /// `original_max_position_embeddings` of the `llama3` type: the context
+    /// length the model was trained with. Default: the config's
+    /// `max_position_embeddings`.
     pub original_max_position_embeddings: Option<i64>,
+    /// `partial_rotary_factor`: the share of each head that is rotated; only
+    /// 1.0 (the default) is supported.
     pub partial_rotary_factor: Option<f64>,
 }
 
@@ -46,33 +58,67 @@ pub struct RopeParametersJson {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TokenIds {
+    /// A single id (`"eos_token_id": 2`).
     One(i64),
+    /// A list of ids (`"eos_token_id": [128001, 128009]`).
     Many(Vec<i64>),
 }
 
 /// A LLaMA config as written in `config.json` / `text_config`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfigJson {
+    /// `model_type`: must be `llama` when present.
     pub model_type: Option<String>,
+    /// `architectures` (e.g. `["LlamaForCausalLM"]`): read but not used.
     pub architectures: Option<Vec<String>>,
+    /// `vocab_size`: rows of the token embedding and the LM head. Default
+    /// 32000.
     pub vocab_size: Option<i64>,
+    /// `hidden_size`: width of the residual stream. Default 4096.
     pub hidden_size: Option<i64>,
+    /// `intermediate_size`: width of the SwiGLU MLP's hidden layer. Default
+    /// 11008.
     pub intermediate_size: Option<i64>,
+    /// `num_hidden_layers`: number of decoder layers. Default 32.
     pub num_hidden_layers: Option<i64>,
+    /// `num_attention_heads`: query heads per layer; must divide `hidden_size`.
+    /// Default 32.
     pub num_attention_heads: Option<i64>,
+    /// `num_key_value_heads`: key/value heads (grouped-query attention); must
+    /// divide `num_attention_heads`. Default: `num_attention_heads`.
     pub num_key_value_heads: Option<i64>,
+    /// `head_dim`: width of one head; must be even (RoPE). Default:
+    /// `hidden_size / num_attention_heads`.
     pub head_dim: Option<i64>,
+    /// `hidden_act`: the MLP activation's HF name. Default `silu`.
     pub hidden_act: Option<String>,
+    /// `max_position_embeddings`: the context length the model was trained
+    /// with. Default 2048.
     pub max_position_embeddings: Option<i64>,
+    /// `rms_norm_eps`: epsilon of every RMS norm. Default 1e-6.
     pub rms_norm_eps: Option<f64>,
+    /// `rope_theta` (transformers 4, top level): RoPE base wavelength. Default
+    /// 10000.
     pub rope_theta: Option<f64>,
+    /// `rope_scaling` (transformers 4): RoPE type and parameters; wins over
+    /// `rope_parameters`. Default: plain RoPE.
     pub rope_scaling: Option<RopeParametersJson>,
+    /// `rope_parameters` (transformers 5): RoPE type, parameters and base.
+    /// Default: plain RoPE.
     pub rope_parameters: Option<RopeParametersJson>,
+    /// `tie_word_embeddings`: whether the LM head reuses the token embedding.
+    /// Default false.
     pub tie_word_embeddings: Option<bool>,
+    /// `attention_bias`: whether the q/k/v/o projections have biases. Default
+    /// false.
     pub attention_bias: Option<bool>,
+    /// `mlp_bias`: whether the MLP projections have biases. Default false.
     pub mlp_bias: Option<bool>,
+    /// `bos_token_id`: the beginning-of-sequence id. Default 1.
     pub bos_token_id: Option<i64>,
+    /// `eos_token_id`: one end-of-sequence id or several. Default 2.
     pub eos_token_id: Option<TokenIds>,
+    /// `pad_token_id`: the padding id, if any. Default none.
     pub pad_token_id: Option<i64>,
 }
 
@@ -82,15 +128,29 @@ pub enum RopeScaling {
     /// The original RoPE.
     None,
     /// Frequencies divided by `factor` (position interpolation).
-    Linear { factor: f64 },
+    Linear {
+        /// Position scale (`rope_scaling.factor`, > 0).
+        factor: f64,
+    },
     /// Dynamic NTK: the base grows once the sequence is longer than
     /// `max_position_embeddings`.
-    Dynamic { factor: f64 },
+    Dynamic {
+        /// How fast the base grows with the length (`rope_scaling.factor`, >
+        /// 0).
+        factor: f64,
+    },
     /// Llama 3.1's band-wise frequency scaling.
     Llama3 {
+        /// Wavelength scale of the low-frequency band (`factor`, > 0).
         factor: f64,
+        /// Wavelengths longer than `original_max_position_embeddings /
+        /// low_freq_factor` are scaled by `factor`.
         low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position_embeddings /
+        /// high_freq_factor` are kept; in between, the two are interpolated.
         high_freq_factor: f64,
+        /// The context length of pre-training
+        /// (`original_max_position_embeddings`).
         original_max_position_embeddings: i64,
     },
 }
@@ -100,31 +160,51 @@ pub enum RopeScaling {
 pub struct RopeConfig {
     /// Base wavelength (`rope_theta`).
     pub theta: f64,
+    /// Frequency scaling (from `rope_scaling` / `rope_parameters`).
     pub scaling: RopeScaling,
 }
 
 /// A validated LLaMA config: what the model is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// Rows of the token embedding and the LM head (`vocab_size`).
     pub vocab_size: i64,
+    /// Width of the residual stream (`hidden_size`).
     pub hidden_size: i64,
+    /// Width of the MLP's hidden layer (`intermediate_size`).
     pub intermediate_size: i64,
+    /// Number of decoder layers (`num_hidden_layers`).
     pub num_hidden_layers: i64,
+    /// Query heads per layer (`num_attention_heads`).
     pub num_attention_heads: i64,
+    /// Key/value heads per layer (`num_key_value_heads`); divides
+    /// `num_attention_heads`.
     pub num_key_value_heads: i64,
+    /// Width of one head (`head_dim`); even.
     pub head_dim: i64,
+    /// The MLP activation (`hidden_act`).
     pub hidden_act: Activation,
+    /// Context length of training (`max_position_embeddings`); dynamic RoPE
+    /// scaling starts beyond it.
     pub max_position_embeddings: i64,
+    /// Epsilon of every RMS norm (`rms_norm_eps`).
     pub rms_norm_eps: f64,
+    /// Rotary position embedding settings.
     pub rope: RopeConfig,
+    /// Whether the LM head reuses the token embedding (`tie_word_embeddings`).
     pub tie_word_embeddings: bool,
+    /// Whether the attention projections have biases (`attention_bias`).
     pub attention_bias: bool,
+    /// Whether the MLP projections have biases (`mlp_bias`).
     pub mlp_bias: bool,
     /// As the config says. InstructBLIP-Vicuna's config is wrong here (0,
     /// 1, -1): take BOS/EOS from the tokenizer files instead
     /// ([`crate::LlamaTokenizer::special_tokens`]).
     pub bos_token_id: Option<i64>,
+    /// End-of-sequence ids as the config says (`eos_token_id`, one or several).
+    /// See `bos_token_id` about InstructBLIP.
     pub eos_token_ids: Vec<i64>,
+    /// The padding id (`pad_token_id`), if any.
     pub pad_token_id: Option<i64>,
 }
 

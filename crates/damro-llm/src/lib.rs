@@ -19,6 +19,8 @@
 //! code: the dtype and device come from the [`damro_nn::LoadOptions`] the
 //! weights were loaded with.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod error;
 pub mod kv_cache;

@@ -65,16 +65,23 @@ impl FromStr for TokenizerBehavior {
 /// A special token and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialToken {
+    /// The token as written (`<s>`, `</s>`, `<unk>`).
     pub text: String,
+    /// Its id in the tokenizer's vocabulary.
     pub id: u32,
 }
 
 /// The named special tokens, where the tokenizer files define them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
+    /// Beginning of sequence (`bos_token` of `tokenizer_config.json`, else of
+    /// `special_tokens_map.json`).
     pub bos: Option<SpecialToken>,
+    /// End of sequence (`eos_token`).
     pub eos: Option<SpecialToken>,
+    /// Unknown token (`unk_token`).
     pub unk: Option<SpecialToken>,
+    /// Padding token (`pad_token`).
     pub pad: Option<SpecialToken>,
 }
 

@@ -20,6 +20,8 @@
 //!   paper's `H_i` and `F`.
 //! - [`render_heatmap`], [`write_heatmap`]: PNG heatmaps like Figure 1.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod gather;
 pub mod heatmap;
