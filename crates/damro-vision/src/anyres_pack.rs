@@ -36,9 +36,13 @@ pub enum GridLayout {
 /// `left..left + cols`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// First row of the window.
     pub top: i64,
+    /// First column of the window.
     pub left: i64,
+    /// Number of rows.
     pub rows: i64,
+    /// Number of columns.
     pub cols: i64,
 }
 

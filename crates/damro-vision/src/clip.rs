@@ -64,9 +64,13 @@ impl ClipEmbeddings {
 /// Multi-head self-attention with q/k/v/out projections, all with biases.
 #[derive(Debug)]
 pub struct ClipAttention {
+    /// `q_proj`: `[hidden, hidden]` with bias `[hidden]`.
     pub q_proj: Linear,
+    /// `k_proj`: `[hidden, hidden]` with bias `[hidden]`.
     pub k_proj: Linear,
+    /// `v_proj`: `[hidden, hidden]` with bias `[hidden]`.
     pub v_proj: Linear,
+    /// `out_proj`: `[hidden, hidden]` with bias `[hidden]`.
     pub out_proj: Linear,
     num_heads: i64,
     kernel: AttentionImpl,
@@ -174,7 +178,10 @@ pub struct ClipOutput {
 /// model needs.
 #[derive(Debug)]
 pub struct ClipVisionTower {
+    /// `embeddings`: `[CLS]`, patch and position embeddings.
     pub embeddings: ClipEmbeddings,
+    /// `pre_layrnorm` (spelled as in the checkpoint): the LayerNorm applied to
+    /// the embeddings before the first layer, `[hidden]`.
     pub pre_layrnorm: LayerNorm,
     /// `encoder.layers`, the first [`ClipVisionTower::loaded_layers`] of them.
     pub layers: Vec<ClipEncoderLayer>,

@@ -105,14 +105,24 @@ impl Error {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct RawClipVisionConfig {
+    /// `hidden_size`: width of the patch tokens. Default 768.
     pub hidden_size: i64,
+    /// `intermediate_size`: width of the MLP's hidden layer. Default 3072.
     pub intermediate_size: i64,
+    /// `num_hidden_layers`: number of encoder layers. Default 12.
     pub num_hidden_layers: i64,
+    /// `num_attention_heads`: attention heads per layer; must divide
+    /// `hidden_size`. Default 12.
     pub num_attention_heads: i64,
+    /// `num_channels`: channels of the input image. Default 3.
     pub num_channels: i64,
+    /// `image_size`: side of the (square) input image in pixels. Default 224.
     pub image_size: RawSize,
+    /// `patch_size`: side of one (square) patch in pixels. Default 32.
     pub patch_size: RawSize,
+    /// `hidden_act`: the MLP activation's HF name. Default `quick_gelu`.
     pub hidden_act: String,
+    /// `layer_norm_eps`: epsilon of every layer norm. Default 1e-5.
     pub layer_norm_eps: f64,
 }
 
@@ -169,14 +179,24 @@ impl RawClipVisionConfig {
 /// The CLIP vision tower's geometry (HF `CLIPVisionConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipVisionConfig {
+    /// Width of the patch tokens (`hidden_size`; 1024 for ViT-L/14).
     pub hidden_size: i64,
+    /// Width of the MLP's hidden layer (`intermediate_size`).
     pub intermediate_size: i64,
+    /// Number of encoder layers (`num_hidden_layers`).
     pub num_hidden_layers: i64,
+    /// Attention heads per layer (`num_attention_heads`); divides
+    /// `hidden_size`.
     pub num_attention_heads: i64,
+    /// Channels of the input image (`num_channels`).
     pub num_channels: i64,
+    /// Side of the square input image in pixels (`image_size`).
     pub image_size: i64,
+    /// Side of one square patch in pixels (`patch_size`); at most `image_size`.
     pub patch_size: i64,
+    /// The MLP activation (`hidden_act`).
     pub hidden_act: Activation,
+    /// Epsilon of every layer norm (`layer_norm_eps`).
     pub layer_norm_eps: f64,
     /// Attention kernel (not part of `config.json`; fused by default).
     pub attention: AttentionImpl,
@@ -220,14 +240,25 @@ impl ClipVisionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct RawEvaVisionConfig {
+    /// `hidden_size`: width of the patch tokens. Default 1408.
     pub hidden_size: i64,
+    /// `intermediate_size`: width of the MLP's hidden layer. Default 6144.
     pub intermediate_size: i64,
+    /// `num_hidden_layers`: number of encoder layers. Default 39.
     pub num_hidden_layers: i64,
+    /// `num_attention_heads`: attention heads per layer; must divide
+    /// `hidden_size`. Default 16.
     pub num_attention_heads: i64,
+    /// `image_size`: side of the (square) input image in pixels. Default 224.
     pub image_size: RawSize,
+    /// `patch_size`: side of one (square) patch in pixels. Default 14.
     pub patch_size: RawSize,
+    /// `hidden_act`: the MLP activation's HF name. Default `gelu`.
     pub hidden_act: String,
+    /// `layer_norm_eps`: epsilon of every layer norm. Default 1e-6.
     pub layer_norm_eps: f64,
+    /// `qkv_bias`: whether the attention has learned q and v biases. Default
+    /// true.
     pub qkv_bias: bool,
 }
 
@@ -270,13 +301,22 @@ impl RawEvaVisionConfig {
 /// The BLIP-2 / EVA vision tower's geometry (HF `InstructBlipVisionConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvaVisionConfig {
+    /// Width of the patch tokens (`hidden_size`; 1408 for ViT-g/14).
     pub hidden_size: i64,
+    /// Width of the MLP's hidden layer (`intermediate_size`).
     pub intermediate_size: i64,
+    /// Number of encoder layers (`num_hidden_layers`).
     pub num_hidden_layers: i64,
+    /// Attention heads per layer (`num_attention_heads`); divides
+    /// `hidden_size`.
     pub num_attention_heads: i64,
+    /// Side of the square input image in pixels (`image_size`).
     pub image_size: i64,
+    /// Side of one square patch in pixels (`patch_size`); at most `image_size`.
     pub patch_size: i64,
+    /// The MLP activation (`hidden_act`).
     pub hidden_act: Activation,
+    /// Epsilon of every layer norm (`layer_norm_eps`).
     pub layer_norm_eps: f64,
     /// Learned q and v biases (k has none).
     pub qkv_bias: bool,
@@ -327,16 +367,34 @@ impl EvaVisionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct RawQFormerConfig {
+    /// `vocab_size`: rows of the Q-Former's word embedding (BERT's vocabulary).
+    /// Default 30522.
     pub vocab_size: i64,
+    /// `hidden_size`: width of the query tokens. Default 768.
     pub hidden_size: i64,
+    /// `num_hidden_layers`: number of Q-Former layers. Default 12.
     pub num_hidden_layers: i64,
+    /// `num_attention_heads`: attention heads per layer; must divide
+    /// `hidden_size`. Default 12.
     pub num_attention_heads: i64,
+    /// `intermediate_size`: width of the feed-forward hidden layer. Default
+    /// 3072.
     pub intermediate_size: i64,
+    /// `hidden_act`: the feed-forward activation's HF name. Default `gelu`.
     pub hidden_act: String,
+    /// `max_position_embeddings`: rows of the position embedding, the longest
+    /// instruction the Q-Former takes. Default 512.
     pub max_position_embeddings: i64,
+    /// `layer_norm_eps`: epsilon of every layer norm. Default 1e-12.
     pub layer_norm_eps: f64,
+    /// `pad_token_id`: id of the padding token of the Q-Former's tokenizer.
+    /// Default 0.
     pub pad_token_id: Option<i64>,
+    /// `cross_attention_frequency`: every how many layers one cross-attends to
+    /// the image. Default 2.
     pub cross_attention_frequency: i64,
+    /// `encoder_hidden_size`: width of the image tokens it cross-attends to.
+    /// Default 1408.
     pub encoder_hidden_size: i64,
     /// Written by transformers 4.x; only `absolute` exists in InstructBLIP.
     pub position_embedding_type: Option<String>,
@@ -399,14 +457,26 @@ impl RawQFormerConfig {
 /// The Q-Former's geometry (HF `InstructBlipQFormerConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QFormerConfig {
+    /// Rows of the word embedding (`vocab_size`; 30523 for InstructBLIP). At
+    /// load the checkpoint's tensor wins where the two disagree.
     pub vocab_size: i64,
+    /// Width of the query tokens (`hidden_size`).
     pub hidden_size: i64,
+    /// Number of Q-Former layers (`num_hidden_layers`).
     pub num_hidden_layers: i64,
+    /// Attention heads per layer (`num_attention_heads`); divides
+    /// `hidden_size`.
     pub num_attention_heads: i64,
+    /// Width of the feed-forward hidden layer (`intermediate_size`).
     pub intermediate_size: i64,
+    /// The feed-forward activation (`hidden_act`).
     pub hidden_act: Activation,
+    /// Rows of the position embedding (`max_position_embeddings`): the most
+    /// instruction tokens the Q-Former takes.
     pub max_position_embeddings: i64,
+    /// Epsilon of every layer norm (`layer_norm_eps`).
     pub layer_norm_eps: f64,
+    /// Padding token id of the Q-Former's tokenizer (`pad_token_id`), if any.
     pub pad_token_id: Option<i64>,
     /// Layer `i` cross-attends to the image when `i % frequency == 0`.
     pub cross_attention_frequency: i64,

@@ -14,13 +14,21 @@ pub enum Error {
     Nn(#[from] damro_nn::Error),
     /// A config field has a value the model cannot use.
     #[error("invalid config field `{field}`: {reason}")]
-    Config { field: String, reason: String },
+    Config {
+        /// The field's path in `config.json` (`vision_config.patch_size`).
+        field: String,
+        /// What is wrong with its value and what was expected.
+        reason: String,
+    },
     /// An argument (pixel tensor, token ids, requested layer) does not fit
     /// the model.
     #[error("{what}: expected {expected}, got {got}")]
     Input {
+        /// The argument that was checked.
         what: String,
+        /// What it should have been (shape, range, ...).
         expected: String,
+        /// What it was.
         got: String,
     },
     /// An image could not be read or preprocessed.
@@ -28,7 +36,12 @@ pub enum Error {
     Preprocess(#[from] crate::preprocess::PreprocessError),
     /// A tokenizer file could not be loaded or used.
     #[error("tokenizer {path}: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    Tokenizer {
+        /// The tokenizer file involved.
+        path: PathBuf,
+        /// Why loading or using it failed.
+        reason: String,
+    },
     /// An error reported by libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -66,6 +66,8 @@ pub struct EvaAttention {
     /// `[3 * hidden]` (q bias, zeros, v bias, as HF stores it; checkpoints
     /// with separate `q_bias` / `v_bias` tensors are read too).
     pub qkv: Linear,
+    /// `projection`: the output projection, `[hidden, hidden]` with bias
+    /// `[hidden]`.
     pub projection: Linear,
     num_heads: i64,
     kernel: AttentionImpl,
@@ -176,9 +178,11 @@ pub struct EvaOutput {
 /// The EVA ViT of InstructBLIP.
 #[derive(Debug)]
 pub struct EvaVisionTower {
+    /// `embeddings`: `[CLS]`, patch and position embeddings.
     pub embeddings: EvaEmbeddings,
     /// `encoder.layers`
     pub layers: Vec<EvaEncoderLayer>,
+    /// `post_layernorm`: the LayerNorm over the last hidden state, `[hidden]`.
     pub post_layernorm: LayerNorm,
     config: EvaVisionConfig,
 }

@@ -31,11 +31,20 @@ pub const DAMRO_CLS_ATTENTION_LAYER: i64 = -2;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct RawInstructBlipConfig {
+    /// `vision_config`: the EVA tower. Absent: `InstructBlipVisionConfig`'s
+    /// defaults (EVA ViT-g/14 at 224 px).
     pub vision_config: Option<RawEvaVisionConfig>,
+    /// `qformer_config`: the Q-Former. Absent: `InstructBlipQFormerConfig`'s
+    /// defaults.
     pub qformer_config: Option<RawQFormerConfig>,
     /// Parsed by the language-model crate.
     pub text_config: Option<serde_json::Value>,
+    /// `num_query_tokens`: learned queries, i.e. image tokens the language
+    /// model sees. Default 32.
     pub num_query_tokens: i64,
+    /// `image_token_index` (transformers 5: `image_token_id`): the placeholder
+    /// id of the query outputs in the prompt, if the checkpoint has one.
+    /// Default none.
     #[serde(alias = "image_token_id")]
     pub image_token_index: Option<i64>,
 }
@@ -56,12 +65,16 @@ impl Default for RawInstructBlipConfig {
 /// `text_config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstructBlipConfig {
+    /// The EVA tower (`vision_config`).
     pub vision: EvaVisionConfig,
     /// Its `encoder_hidden_size` is the vision width, as HF sets it.
     pub qformer: QFormerConfig,
+    /// Learned queries, i.e. image tokens per image (`num_query_tokens`).
     pub num_query_tokens: i64,
     /// Output width of `language_projection`.
     pub text_hidden_size: i64,
+    /// The placeholder id of the query outputs in the prompt
+    /// (`image_token_index`), if any.
     pub image_token_index: Option<i64>,
     /// The `text_config` section as written, for the language-model crate.
     pub text_config: serde_json::Value,
@@ -145,10 +158,14 @@ pub struct InstructBlipImageFeatures {
 /// InstructBLIP's vision tower, Q-Former and projection.
 #[derive(Debug)]
 pub struct InstructBlipVision {
+    /// `vision_model`: the EVA tower.
     pub vision_model: EvaVisionTower,
     /// `[1, num_query_tokens, qformer_hidden]`
     pub query_tokens: Tensor,
+    /// `qformer`: the Q-Former.
     pub qformer: QFormer,
+    /// `language_projection`: from the Q-Former's width to the language
+    /// model's.
     pub language_projection: LanguageProjection,
     config: InstructBlipConfig,
 }

@@ -20,6 +20,8 @@
 //! attention forms follow the DAMRO authors' code (EMNLP 2024,
 //! arXiv 2410.04514).
 
+#![warn(missing_docs)]
+
 pub mod anyres_pack;
 pub mod clip;
 pub mod config;

@@ -30,7 +30,9 @@ pub const DAMRO_CLS_ATTENTION_LAYER: i64 = -2;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum RawFeatureLayer {
+    /// One hidden-state index (`-2` in LLaVA-1.5).
     One(i64),
+    /// Several indices whose features are concatenated.
     Many(Vec<i64>),
 }
 
@@ -43,12 +45,23 @@ pub struct RawLlavaConfig {
     pub vision_config: Option<RawClipVisionConfig>,
     /// Parsed by the language-model crate.
     pub text_config: Option<serde_json::Value>,
+    /// `image_token_index` (transformers 5: `image_token_id`): the id of the
+    /// `<image>` placeholder in the prompt. Default 32000.
     #[serde(alias = "image_token_id")]
     pub image_token_index: i64,
+    /// `image_seq_length`: image tokens per image. Default 576.
     pub image_seq_length: i64,
+    /// `projector_hidden_act`: the projector's activation's HF name. Default
+    /// `gelu`.
     pub projector_hidden_act: String,
+    /// `vision_feature_select_strategy`: `default` (drop `[CLS]`) or `full`.
+    /// Default `default`.
     pub vision_feature_select_strategy: String,
+    /// `vision_feature_layer`: hidden state(s) fed to the projector. Default
+    /// -2.
     pub vision_feature_layer: RawFeatureLayer,
+    /// `multimodal_projector_bias`: whether the projector's layers have biases.
+    /// Default true.
     pub multimodal_projector_bias: bool,
 }
 
@@ -79,13 +92,21 @@ pub enum FeatureSelectStrategy {
 /// A validated LLaVA config (vision side, plus the raw `text_config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlavaConfig {
+    /// The CLIP tower (`vision_config`).
     pub vision: ClipVisionConfig,
     /// Hidden-state indices whose features feed the projector, concatenated
     /// in this order (HF `hidden_states[i]` indexing).
     pub feature_layers: Vec<i64>,
+    /// Whether `[CLS]` is dropped from the features
+    /// (`vision_feature_select_strategy`).
     pub select_strategy: FeatureSelectStrategy,
+    /// The projector's geometry (`projector_hidden_act`,
+    /// `multimodal_projector_bias`, the tower's and the language model's
+    /// widths).
     pub projector: LlavaProjectorConfig,
+    /// The id of the `<image>` placeholder in the prompt (`image_token_index`).
     pub image_token_index: i64,
+    /// Image tokens per image (`image_seq_length`).
     pub image_seq_length: i64,
     /// The `text_config` section as written, for the language-model crate.
     pub text_config: serde_json::Value,
@@ -228,6 +249,7 @@ pub struct LlavaImageFeatures {
 pub struct LlavaVision {
     /// `vision_tower.vision_model`, loaded up to the last layer needed.
     pub vision_tower: ClipVisionTower,
+    /// `multi_modal_projector`: vision features to the language model's width.
     pub multi_modal_projector: LlavaProjector,
     config: LlavaConfig,
 }

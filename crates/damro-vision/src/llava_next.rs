@@ -31,6 +31,8 @@ use crate::{Error, Result};
 /// `image_grid_pinpoints` (absent: 4.43's default, [`LLAVA_NEXT_PINPOINTS`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawLlavaNextConfig {
+    /// The fields LLaVA-NeXT shares with LLaVA, at the top level of the same
+    /// file.
     #[serde(flatten)]
     pub llava: RawLlavaConfig,
     /// `(height, width)` pairs in pixels.

@@ -24,8 +24,12 @@ pub struct LlavaProjectorConfig {
 /// `linear_2(act(linear_1(x)))`.
 #[derive(Debug)]
 pub struct LlavaProjector {
+    /// `linear_1`: `[out_dim, in_dim]`, from the vision features to the
+    /// language model's width.
     pub linear_1: Linear,
+    /// Between the two layers (`projector_hidden_act`, GELU for LLaVA-1.5).
     pub activation: Activation,
+    /// `linear_2`: `[out_dim, out_dim]`.
     pub linear_2: Linear,
 }
 
@@ -54,6 +58,8 @@ impl Module for LlavaProjector {
 /// InstructBLIP's `language_projection`: `[qformer_hidden] → [text_hidden]`.
 #[derive(Debug)]
 pub struct LanguageProjection {
+    /// `language_projection`: weight `[text_hidden, qformer_hidden]`, bias
+    /// `[text_hidden]`.
     pub linear: Linear,
 }
 

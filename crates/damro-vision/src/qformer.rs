@@ -21,8 +21,13 @@ use crate::{Error, Result};
 /// applied to queries and text together.
 #[derive(Debug)]
 pub struct QFormerEmbeddings {
+    /// `word_embeddings`: `[vocab, hidden]` (vocabulary size read from the
+    /// tensor).
     pub word_embeddings: Embedding,
+    /// `position_embeddings`: `[max_position_embeddings, hidden]`, for the text
+    /// tokens only.
     pub position_embeddings: Embedding,
+    /// `layernorm`: over queries and text together, `[hidden]`.
     pub layernorm: LayerNorm,
 }
 
@@ -79,8 +84,13 @@ impl QFormerEmbeddings {
 /// values come from the image tokens in cross-attention.
 #[derive(Debug)]
 pub struct QFormerMultiHeadAttention {
+    /// `query`: `[hidden, hidden]` with bias.
     pub query: Linear,
+    /// `key`: `[hidden, kv_dim]` with bias; `kv_dim` is `hidden` in
+    /// self-attention and `encoder_hidden_size` (the vision width) in
+    /// cross-attention.
     pub key: Linear,
+    /// `value`: `[hidden, kv_dim]` with bias, as `key`.
     pub value: Linear,
     num_heads: i64,
     kernel: AttentionImpl,
@@ -90,6 +100,7 @@ pub struct QFormerMultiHeadAttention {
 /// `InstructBlipQFormerAttention` = `attention` + `output`).
 #[derive(Debug)]
 pub struct QFormerAttention {
+    /// `attention`: the query/key/value projections.
     pub attention: QFormerMultiHeadAttention,
     /// `output.dense` and `output.LayerNorm`.
     pub output: DenseNorm,
@@ -98,6 +109,8 @@ pub struct QFormerAttention {
 /// `LayerNorm(dense(x) + residual)` (BERT's `SelfOutput` / `Output`).
 #[derive(Debug)]
 pub struct DenseNorm {
+    /// `dense`: `[hidden, in]` with bias (`in` is `hidden` after attention,
+    /// `intermediate_size` after a feed-forward).
     pub dense: Linear,
     /// Checkpoint name `LayerNorm`.
     pub layer_norm: LayerNorm,
@@ -153,19 +166,28 @@ impl QFormerAttention {
 /// `dense → activation` (BERT's `Intermediate`).
 #[derive(Debug)]
 pub struct QFormerIntermediate {
+    /// `dense`: `[intermediate_size, hidden]` with bias.
     pub dense: Linear,
+    /// After `dense` (`hidden_act`).
     pub activation: Activation,
 }
 
 /// One Q-Former layer.
 #[derive(Debug)]
 pub struct QFormerLayer {
+    /// `attention`: self-attention over queries and text.
     pub attention: QFormerAttention,
     /// Present on layers with `layer % cross_attention_frequency == 0`.
     pub crossattention: Option<QFormerAttention>,
+    /// `intermediate`: first half of the text tokens' feed-forward.
     pub intermediate: QFormerIntermediate,
+    /// `output`: second half of the text tokens' feed-forward, with residual
+    /// and LayerNorm.
     pub output: DenseNorm,
+    /// `intermediate_query`: first half of the query tokens' feed-forward.
     pub intermediate_query: QFormerIntermediate,
+    /// `output_query`: second half of the query tokens' feed-forward, with
+    /// residual and LayerNorm.
     pub output_query: DenseNorm,
 }
 
@@ -229,6 +251,8 @@ impl QFormerLayer {
 /// The Q-Former.
 #[derive(Debug)]
 pub struct QFormer {
+    /// `embeddings`: the text embeddings and the LayerNorm over queries and
+    /// text.
     pub embeddings: QFormerEmbeddings,
     /// `encoder.layer`
     pub layers: Vec<QFormerLayer>,

@@ -9,8 +9,11 @@ use crate::{Error, Result};
 /// `fc1 → activation → fc2` (HF `CLIPMLP`, `InstructBlipMLP`).
 #[derive(Debug)]
 pub struct Mlp {
+    /// `fc1`: `[intermediate, hidden]` with bias.
     pub fc1: Linear,
+    /// `fc2`: `[hidden, intermediate]` with bias.
     pub fc2: Linear,
+    /// Between the two (`hidden_act`).
     pub activation: Activation,
 }
 
@@ -161,9 +164,14 @@ pub trait TowerAttention {
 /// `InstructBlipEncoderLayer`): `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 #[derive(Debug)]
 pub struct EncoderLayer<A> {
+    /// `layer_norm1`: before the attention, `[hidden]`.
     pub layer_norm1: LayerNorm,
+    /// `self_attn`: the tower's attention ([`crate::clip::ClipAttention`] or
+    /// [`crate::eva::EvaAttention`]).
     pub self_attn: A,
+    /// `layer_norm2`: before the MLP, `[hidden]`.
     pub layer_norm2: LayerNorm,
+    /// `mlp`: the feed-forward block.
     pub mlp: Mlp,
 }
 

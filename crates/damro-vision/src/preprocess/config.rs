@@ -35,11 +35,17 @@ pub enum SizeSpec {
 /// The keys a size dictionary may hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct SizeDictFile {
+    /// `height` in pixels (with `width`: an exact size).
     pub height: Option<u32>,
+    /// `width` in pixels (with `height`: an exact size).
     pub width: Option<u32>,
+    /// `shortest_edge`: resize so the shorter side has this length.
     pub shortest_edge: Option<u32>,
+    /// `longest_edge`: with `shortest_edge`, the cap on the longer side.
     pub longest_edge: Option<u32>,
+    /// `max_height`: read so that it can be rejected (not supported).
     pub max_height: Option<u32>,
+    /// `max_width`: read so that it can be rejected (not supported).
     pub max_width: Option<u32>,
 }
 
@@ -47,7 +53,9 @@ pub struct SizeDictFile {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum FloatOrList {
+    /// One value for all three channels.
     One(f64),
+    /// One value per channel (exactly three).
     List(Vec<f64>),
 }
 
@@ -55,18 +63,38 @@ pub enum FloatOrList {
 /// the class named by `image_processor_type`. Unknown keys are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct PreprocessorConfigFile {
+    /// `image_processor_type`: the HF class (`CLIPImageProcessor`,
+    /// `LlavaImageProcessor`, `BlipImageProcessor`, optionally with a `Fast` /
+    /// `Pil` suffix). Required by [`PreprocessorConfigFile::into_config`].
     pub image_processor_type: Option<String>,
+    /// `do_convert_rgb`: convert to RGB first. Default true.
     pub do_convert_rgb: Option<bool>,
+    /// `do_resize`: run the resize step. Default true.
     pub do_resize: Option<bool>,
+    /// `size`: the resize target. Default 224 (shortest edge) for CLIP and
+    /// LLaVA, 384 (square) for BLIP.
     pub size: Option<SizeSpec>,
+    /// `default_to_square`: whether a bare int `size` means a square rather
+    /// than a shortest edge. Default false for CLIP and LLaVA, true for BLIP.
     pub default_to_square: Option<bool>,
+    /// `resample`: PIL filter id; only 3 (bicubic, the default) is supported.
     pub resample: Option<u32>,
+    /// `do_center_crop`: run the centre crop. Default true for CLIP and LLaVA,
+    /// false for BLIP.
     pub do_center_crop: Option<bool>,
+    /// `crop_size`: the crop's size. Default 224 for CLIP and LLaVA; BLIP has
+    /// none.
     pub crop_size: Option<SizeSpec>,
+    /// `do_rescale`: multiply pixel values by `rescale_factor`. Default true.
     pub do_rescale: Option<bool>,
+    /// `rescale_factor`: finite and non-zero. Default 1/255.
     pub rescale_factor: Option<f64>,
+    /// `do_normalize`: subtract `image_mean` and divide by `image_std`. Default
+    /// true.
     pub do_normalize: Option<bool>,
+    /// `image_mean`: per-channel mean. Default [`OPENAI_CLIP_MEAN`].
     pub image_mean: Option<FloatOrList>,
+    /// `image_std`: per-channel std, no zero. Default [`OPENAI_CLIP_STD`].
     pub image_std: Option<FloatOrList>,
     /// `LlavaImageProcessor` only: pad to a square with the mean colour.
     pub do_pad: Option<bool>,
@@ -105,15 +133,27 @@ pub enum ResizeTarget {
     /// Shortest edge to `shortest`, the other scaled and truncated like
     /// HF's `get_resize_output_image_size` (or, with `longest`, capped
     /// like `get_size_with_aspect_ratio`).
-    ShortestEdge { shortest: u32, longest: Option<u32> },
+    ShortestEdge {
+        /// Length of the shorter side after resizing (`shortest_edge`).
+        shortest: u32,
+        /// Cap on the longer side (`longest_edge`), if any.
+        longest: Option<u32>,
+    },
     /// Straight to `height x width`.
-    Exact { height: u32, width: u32 },
+    Exact {
+        /// Output height in pixels.
+        height: u32,
+        /// Output width in pixels.
+        width: u32,
+    },
 }
 
 /// A `height x width` crop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CropSize {
+    /// Crop height in pixels.
     pub height: u32,
+    /// Crop width in pixels.
     pub width: u32,
 }
 
@@ -121,20 +161,29 @@ pub struct CropSize {
 /// backend rounds to `f32` its own way).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalize {
+    /// Subtracted per channel (RGB), after rescaling (`image_mean`).
     pub mean: [f64; 3],
+    /// Divides per channel (RGB), after subtracting the mean (`image_std`); no
+    /// zero.
     pub std: [f64; 3],
 }
 
 /// The validated preprocessing config. `None` steps are not run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessorConfig {
+    /// The HF class the config belongs to (`image_processor_type`).
     pub kind: ProcessorKind,
+    /// Convert to RGB first (`do_convert_rgb`).
     pub do_convert_rgb: bool,
     /// LLaVA's pad-to-square with the mean colour, before resizing.
     pub pad_to_square: bool,
+    /// The resize step (`do_resize`, `size`, `default_to_square`).
     pub resize: Option<ResizeTarget>,
+    /// The centre crop (`do_center_crop`, `crop_size`).
     pub center_crop: Option<CropSize>,
+    /// Pixel values are multiplied by this (`do_rescale`, `rescale_factor`).
     pub rescale_factor: Option<f64>,
+    /// Per-channel normalisation (`do_normalize`, `image_mean`, `image_std`).
     pub normalize: Option<Normalize>,
     /// The mean as configured, even when `do_normalize` is off (the pad
     /// colour is derived from it).

@@ -46,38 +46,69 @@ pub use processor::{
 pub enum PreprocessError {
     /// A file could not be read.
     #[error("cannot read {path}: {message}")]
-    Io { path: PathBuf, message: String },
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The operating system's error, or what was looked for.
+        message: String,
+    },
     /// An image could not be decoded.
     #[error("cannot decode image {what}: {source}")]
     Decode {
+        /// The image: its path, or `<memory>` for encoded bytes.
         what: String,
+        /// The decoder's error.
         #[source]
         source: image::ImageError,
     },
     /// The path is not a regular file (a directory, a device such as
     /// `/dev/zero`, a pipe).
     #[error("cannot read {path} as an image: it is not a regular file")]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// The path given as an image.
+        path: PathBuf,
+    },
     /// The file is larger than any image this crate reads.
     #[error("{path} is {bytes} bytes, more than the {limit}-byte limit for an image file")]
-    FileTooLarge { path: PathBuf, bytes: u64, limit: u64 },
+    FileTooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// Its size in bytes.
+        bytes: u64,
+        /// The largest size read ([`processor::MAX_IMAGE_FILE_BYTES`]).
+        limit: u64,
+    },
     /// The image's header claims more pixels than the decompression-bomb
     /// limit (checked before decoding).
     #[error(
         "image {what} claims {width}x{height} pixels, more than the limit of {limit} (Pillow's decompression-bomb threshold)"
     )]
     DecompressionBomb {
+        /// The image: its path, or `<memory>` for encoded bytes.
         what: String,
+        /// Width its header claims.
         width: u32,
+        /// Height its header claims.
         height: u32,
+        /// The most pixels decoded ([`processor::MAX_DECODED_PIXELS`]).
         limit: u64,
     },
     /// An image or a requested size with a zero side.
     #[error("image size {width}x{height} has a zero side")]
-    EmptyImage { width: u32, height: u32 },
+    EmptyImage {
+        /// The width asked for or found.
+        width: u32,
+        /// The height asked for or found.
+        height: u32,
+    },
     /// A step would produce more than [`processor::MAX_PIXELS`] pixels.
     #[error("image size {width}x{height} is too large")]
-    TooLarge { width: u32, height: u32 },
+    TooLarge {
+        /// The width the step would produce.
+        width: u32,
+        /// The height the step would produce.
+        height: u32,
+    },
     /// A pixel format PIL never produces from an image file.
     #[error("unsupported pixel format {0}")]
     UnsupportedPixelFormat(String),
@@ -87,23 +118,32 @@ pub enum PreprocessError {
     /// A raw RGB buffer of the wrong length.
     #[error("RGB buffer for {width}x{height} needs {expected} bytes, got {actual}")]
     RgbBufferSize {
+        /// The width given with the buffer.
         width: u32,
+        /// The height given with the buffer.
         height: u32,
+        /// `width * height * 3`.
         expected: usize,
+        /// The buffer's length in bytes.
         actual: usize,
     },
     /// One image of a batch failed.
     #[error("batch image {index}: {source}")]
     InBatch {
+        /// The failing image's position in the batch (from 0).
         index: usize,
+        /// Why it failed.
         #[source]
         source: Box<PreprocessError>,
     },
     /// Batch images that come out at different sizes.
     #[error("batch image {index} is {actual:?} (height, width) but image 0 is {expected:?}")]
     BatchSizeMismatch {
+        /// The image's position in the batch (from 0).
         index: usize,
+        /// `(height, width)` of image 0.
         expected: (usize, usize),
+        /// `(height, width)` of this image.
         actual: (usize, usize),
     },
     /// A batch with no images.
@@ -115,7 +155,9 @@ pub enum PreprocessError {
     /// A config field with a bad value.
     #[error("preprocessor config field `{field}`: {message}")]
     InvalidConfig {
+        /// The key in `preprocessor_config.json`.
         field: &'static str,
+        /// What is wrong with its value and what was expected.
         message: String,
     },
     /// An `image_processor_type` other than CLIP, LLaVA or BLIP.

@@ -56,10 +56,15 @@ pub enum PadToSquare {
 /// order or the torchvision kernel round differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessorOptions {
+    /// Whose resize to reproduce: PIL's (default) or torchvision's.
     pub resampler: Resampler,
     /// The Pillow whose pass order [`Resampler::Pil`] follows.
     pub pillow: PillowVersion,
+    /// What becomes of transparent pixels (default: dropped, as PIL's
+    /// `convert("RGB")`).
     pub alpha: AlphaMode,
+    /// Whether to pad to a square before resizing (default: as the config
+    /// says).
     pub pad_to_square: PadToSquare,
 }
 
@@ -88,7 +93,9 @@ impl ProcessorOptions {
 pub struct PixelValues {
     /// `[3, height, width]` flattened.
     pub data: Vec<f32>,
+    /// Height in pixels after preprocessing.
     pub height: usize,
+    /// Width in pixels after preprocessing.
     pub width: usize,
 }
 
@@ -116,8 +123,11 @@ pub enum ImageInput<'a> {
     Image(&'a DynamicImage),
     /// Packed 8-bit RGB, row-major, `width * height * 3` bytes.
     Rgb {
+        /// Width in pixels.
         width: u32,
+        /// Height in pixels.
         height: u32,
+        /// `width * height * 3` bytes, row-major, R, G, B per pixel.
         data: &'a [u8],
     },
 }
@@ -130,8 +140,8 @@ pub struct ImageProcessor {
 }
 
 impl ImageProcessor {
-    /// A processor with the default options (PIL resampling, alpha
-    /// composited on white, padding as configured).
+    /// A processor with the default [`ProcessorOptions`] (PIL resampling
+    /// as Pillow before 13, alpha dropped, padding as configured).
     pub fn new(config: PreprocessorConfig) -> Self {
         Self {
             config,
@@ -150,10 +160,12 @@ impl ImageProcessor {
         self
     }
 
+    /// The validated `preprocessor_config.json` it runs.
     pub fn config(&self) -> &PreprocessorConfig {
         &self.config
     }
 
+    /// The choices the config file does not make.
     pub fn options(&self) -> &ProcessorOptions {
         &self.options
     }
