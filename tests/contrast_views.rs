@@ -366,10 +366,10 @@ fn build_example() -> PathBuf {
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "generate")
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .last()
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .expect("cargo reported no executable for the generate example")
 }
 
