@@ -57,6 +57,10 @@
 //! println!("{report}");
 //! # Ok(()) }
 //! ```
+//!
+//! Neighbours: model-free by design; the examples' `eval` command plugs in a
+//! decoder from `damro-models` (through `damro-core`'s generation loop), and
+//! the `damro` facade re-exports the model side.
 
 #![warn(missing_docs)]
 

@@ -19,6 +19,27 @@
 //! - [`overlap_curve`], [`overlap_rate`], [`outlier_influence`]: the
 //!   paper's `H_i` and `F`.
 //! - [`render_heatmap`], [`write_heatmap`]: PNG heatmaps like Figure 1.
+//!
+//! Neighbours: works on plain `tch` tensors. The scores come from the
+//! vision towers of `damro-vision`; `damro-core` builds the outlier branch
+//! from the selection and `damro-sampler` contrasts the two branches;
+//! `damro-models` does this for LLaVA-1.5, LLaVA-NeXT and InstructBLIP, and
+//! the `damro` facade re-exports them all. The examples' `outliers` command
+//! draws the heatmaps.
+//!
+//! ```
+//! use damro_outlier::{OutlierOrder, TokenIndexing, gather_tokens, select_outliers};
+//! use tch::{Device, Kind, Tensor};
+//! # fn main() -> damro_outlier::Result<()> {
+//! // [CLS] attention over the 4 patches of one image, and their features.
+//! let scores = Tensor::from_slice(&[0.1f32, 0.6, 0.05, 0.25]).view([1, 4]);
+//! let features = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([1, 4, 2]);
+//! let outliers = select_outliers(&scores, 2, OutlierOrder::ByScore)?;
+//! assert_eq!(outliers.to_vec()?, vec![vec![1, 3]]);
+//! let tokens = gather_tokens(&features, &outliers, TokenIndexing::PatchFeatures)?;
+//! assert_eq!(tokens.size(), [1, 2, 2]); // patches 1 and 3: [[2, 3], [6, 7]]
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 

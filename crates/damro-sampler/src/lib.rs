@@ -37,6 +37,12 @@
 //! let ids: Vec<i64> = damro_sampler::ids_to_vec(&ids)?;
 //! # Ok(()) }
 //! ```
+//!
+//! Neighbours: works on plain `tch` logits. `damro-core`'s generation loop
+//! calls it once per step with the logits of the full and the contrast
+//! branch (the outlier branch built from `damro-outlier`'s selection);
+//! `damro-models` picks the authors' [`DamroPreset`] for each model, and
+//! the `damro` facade re-exports them all.
 
 #![warn(missing_docs)]
 

@@ -152,7 +152,7 @@ mod tests {
 }
 
 /// The self-attention of a vision tower: the attention output and, when
-/// asked, DAMRO's [CLS] scores of that layer.
+/// asked, DAMRO's `[CLS]` scores of that layer.
 pub trait TowerAttention {
     /// # Shapes
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`, scores
