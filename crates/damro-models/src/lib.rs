@@ -1,7 +1,7 @@
 //! # damro-models
 //!
-//! The LLaVA-1.5 ([`LlavaDecoder`]) and InstructBLIP
-//! ([`InstructBlipDecoder`]) adapters behind damro-core's
+//! The LLaVA-1.5 ([`LlavaDecoder`]), LLaVA-NeXT ([`LlavaNextDecoder`]) and
+//! InstructBLIP ([`InstructBlipDecoder`]) adapters behind damro-core's
 //! [`damro_core::DamroDecoder`], and [`AutoDecoder`], which picks one from
 //! a model directory's `config.json`.
 //!
@@ -27,11 +27,13 @@
 pub mod auto;
 pub mod instructblip;
 pub mod llava;
+pub mod llava_next;
 pub mod loading;
 
-pub use auto::{AutoDecoder, Benchmark};
+pub use auto::{AutoDecoder, Benchmark, TileHeatmap};
 pub use instructblip::{Indexing, InstructBlipDecoder};
 pub use llava::LlavaDecoder;
+pub use llava_next::LlavaNextDecoder;
 
 use damro_core::{Error, SecondImage};
 
