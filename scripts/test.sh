@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 jobs="${CARGO_BUILD_JOBS:-2}"
 # Every test with two libtorch threads, then again with one: the parity
 # bounds must hold whatever order the kernels sum in.
+# The examples as a user runs them (target/debug/examples/NAME): the
+# command-line tests invoke these binaries.
+cargo build --workspace --examples -j"$jobs"
 OMP_NUM_THREADS=2 cargo test --workspace --all-targets -j"$jobs"
 OMP_NUM_THREADS=1 cargo test --workspace --all-targets -j"$jobs"
 cargo test --workspace --doc -j"$jobs"

@@ -1,8 +1,10 @@
-//! # damro
+#![doc = include_str!("../README.md")]
 //!
-//! DAMRO ("Dive into the Attention Mechanism of LVLM to Reduce Object
-//! hallucination", EMNLP 2024) decoding for large vision-language models on
-//! libtorch. This facade only re-exports the workspace crates:
+//! # The `damro` crate
+//!
+//! The page above is the repository's README; its Rust examples run as
+//! this crate's doctests. This facade only re-exports the workspace
+//! crates:
 //!
 //! - [`core`] (`damro-core`): the [`DamroDecoder`] and [`LanguageModel`]
 //!   traits, the contrast views ([`Mode`]), the generation loop
@@ -10,22 +12,25 @@
 //! - [`models`] (`damro-models`): the [`LlavaDecoder`] (LLaVA-1.5) and
 //!   [`InstructBlipDecoder`] adapters and [`AutoDecoder`], written against
 //!   public APIs only;
-//! - [`nn`]: checkpoint loading and shared layers;
-//! - [`vision`]: ViT encoders with [CLS] attention, Q-Former, projectors,
-//!   image preprocessing;
-//! - [`llm`]: the LLaMA decoder with an external KV cache, tokenizers and
-//!   prompt templates;
-//! - [`outlier`]: outlier-token selection and the paper's analysis metrics;
-//! - [`sampler`]: the contrastive sampler.
+//! - [`nn`] (`damro-nn`): checkpoint loading and shared layers;
+//! - [`vision`] (`damro-vision`): ViT encoders with `[CLS]` attention,
+//!   Q-Former, projectors, image preprocessing;
+//! - [`llm`] (`damro-llm`): the LLaMA decoder with an external KV cache,
+//!   tokenizers and prompt templates;
+//! - [`outlier`] (`damro-outlier`): outlier-token selection and the
+//!   paper's analysis metrics;
+//! - [`sampler`] (`damro-sampler`): the contrastive sampler.
 //!
-//! It also hosts the workspace's examples, benches and integration tests.
+//! `damro-eval` (POPE, CHAIR and MME runs and scoring) is model-free and
+//! not re-exported; the examples use it. This crate also hosts the
+//! workspace's examples, benches and integration tests.
 
 pub use damro_core::{
-    Branch, BranchCache, BranchExecution, Branches, ContrastTokens, ContrastView, CustomContrast,
-    DamroDecoder, DamroSettings, Error, FinishReason, Generation, GenerationConfig, ImageSource,
-    LanguageModel, Limit, Mode, ModelOptions, PixelTransform, Request, Result, RowStateOf, Rows,
-    SecondImage, TokenEvent, VcdNoise, VcdSettings, VisualTokens, cuda, generate,
-    generate_streaming, views,
+    AnalysisInputs, AttentionCapture, Branch, BranchCache, BranchExecution, Branches,
+    ContrastTokens, ContrastView, CustomContrast, DamroDecoder, DamroSettings, Error, FinishReason,
+    Generation, GenerationConfig, ImageSource, LanguageModel, Limit, Mode, ModelOptions,
+    PixelTransform, Request, Result, RowStateOf, Rows, SecondImage, Selection, TokenEvent,
+    VcdNoise, VcdSettings, VisualTokens, analysis, cuda, generate, generate_streaming, views,
 };
 pub use damro_models::{
     AutoDecoder, Benchmark, Indexing, InstructBlipDecoder, LlavaDecoder, loading,

@@ -1,11 +1,19 @@
 //! The caches of a generation's branches and how one step runs on them.
 
+use damro_llm::AttentionCapture;
 use tch::Tensor;
 
 use crate::{BranchCache, BranchExecution, DamroDecoder, LanguageModel, Result, RowStateOf, Rows};
 
-/// One step's logits: the full branch's and the second branch's.
-pub(crate) type StepOut = (Tensor, Option<Tensor>);
+/// One step's output.
+pub(crate) struct StepOut {
+    /// The full branch's last logits `[requests, vocab]`.
+    pub full: Tensor,
+    /// The second branch's, when there is one.
+    pub second: Option<Tensor>,
+    /// With a capture: each full row's attention over its tokens.
+    pub attention: Option<Vec<Tensor>>,
+}
 
 /// The rows of one branch over all requests, ready for prefill.
 pub(crate) struct BranchRows<S> {
@@ -50,6 +58,7 @@ type CachedOf<D> = Cached<<<D as DamroDecoder>::Lm as LanguageModel>::Cache, Row
 /// The branches' caches of one generation call.
 pub(crate) struct BranchCaches<D: DamroDecoder + ?Sized> {
     layout: Layout<<D::Lm as LanguageModel>::Cache, RowStateOf<D>>,
+    capture: Option<AttentionCapture>,
 }
 
 impl<D: DamroDecoder + ?Sized> BranchCaches<D> {
@@ -65,14 +74,25 @@ impl<D: DamroDecoder + ?Sized> BranchCaches<D> {
         second: BranchRows<RowStateOf<D>>,
         execution: BranchExecution,
         room: i64,
+        capture: Option<&AttentionCapture>,
     ) -> Result<(Self, StepOut)> {
-        let (full, logits_full) = prefill_branch(decoder, full, room)?;
+        let capture = capture.cloned();
+        let (full, logits_full, attention) = prefill_branch(decoder, full, room, capture.as_ref())?;
         if second.is_empty() {
             let layout = Layout::Single(full);
-            return Ok((Self { layout }, (logits_full, None)));
+            let out = StepOut {
+                full: logits_full,
+                second: None,
+                attention,
+            };
+            return Ok((Self { layout, capture }, out));
         }
-        let (second, logits_second) = prefill_branch(decoder, second, room)?;
-        let logits = (logits_full, Some(logits_second));
+        let (second, logits_second, _) = prefill_branch(decoder, second, room, None)?;
+        let logits = StepOut {
+            full: logits_full,
+            second: Some(logits_second),
+            attention,
+        };
         let layout = match execution {
             BranchExecution::Sequential => Layout::Sequential(full, second),
             BranchExecution::Batched => {
@@ -83,7 +103,7 @@ impl<D: DamroDecoder + ?Sized> BranchCaches<D> {
                 Layout::Batched(Cached { cache, states })
             }
         };
-        Ok((Self { layout }, logits))
+        Ok((Self { layout, capture }, logits))
     }
 
     /// Appends one generated token per request (`ids` `[requests]`) to
@@ -92,17 +112,37 @@ impl<D: DamroDecoder + ?Sized> BranchCaches<D> {
         let n = ids.size()[0];
         let embeds = decoder.embed_tokens(ids)?;
         let lm = decoder.language_model();
+        let capture = self.capture.as_ref();
         match &mut self.layout {
-            Layout::Single(c) => Ok((forward_ones(lm, &embeds, c)?, None)),
+            Layout::Single(c) => {
+                let (full, attention) = forward_ones(lm, &embeds, c, capture)?;
+                Ok(StepOut {
+                    full,
+                    second: None,
+                    attention,
+                })
+            }
             Layout::Batched(c) => {
                 let both = Tensor::f_cat(&[&embeds, &embeds], 0)?;
-                let logits = forward_ones(lm, &both, c)?;
-                Ok((logits.f_narrow(0, 0, n)?, Some(logits.f_narrow(0, n, n)?)))
+                let (logits, mut attention) = forward_ones(lm, &both, c, capture)?;
+                if let Some(rows) = attention.as_mut() {
+                    rows.truncate(n as usize);
+                }
+                Ok(StepOut {
+                    full: logits.f_narrow(0, 0, n)?,
+                    second: Some(logits.f_narrow(0, n, n)?),
+                    attention,
+                })
             }
-            Layout::Sequential(full, second) => Ok((
-                forward_ones(lm, &embeds, full)?,
-                Some(forward_ones(lm, &embeds, second)?),
-            )),
+            Layout::Sequential(full, second) => {
+                let (full, attention) = forward_ones(lm, &embeds, full, capture)?;
+                let (second, _) = forward_ones(lm, &embeds, second, None)?;
+                Ok(StepOut {
+                    full,
+                    second: Some(second),
+                    attention,
+                })
+            }
         }
     }
 }
@@ -112,25 +152,18 @@ fn prefill_branch<D: DamroDecoder + ?Sized>(
     decoder: &D,
     rows: BranchRows<RowStateOf<D>>,
     room: i64,
-) -> Result<(CachedOf<D>, Tensor)> {
+    capture: Option<&AttentionCapture>,
+) -> Result<(CachedOf<D>, Tensor, Option<Vec<Tensor>>)> {
     let lm = decoder.language_model();
     let refs: Vec<&Tensor> = rows.embeds.iter().collect();
     let (embeds, lengths) = damro_llm::left_pad(&refs)?;
     let longest = embeds.size()[1];
-    let mut cache = lm.new_cache(refs.len() as i64, longest + room)?;
-    let logits = lm.forward(
-        Rows {
-            embeds: &embeds,
-            row_lengths: &lengths,
-            states: &rows.states,
-        },
-        &mut cache,
-    )?;
-    let cached = Cached {
-        cache,
+    let mut cached = Cached {
+        cache: lm.new_cache(refs.len() as i64, longest + room)?,
         states: rows.states,
     };
-    Ok((cached, logits))
+    let (logits, attention) = forward_rows(lm, &embeds, &lengths, &mut cached, capture)?;
+    Ok((cached, logits, attention))
 }
 
 /// One token per row.
@@ -138,14 +171,31 @@ fn forward_ones<L: LanguageModel>(
     lm: &L,
     embeds: &Tensor,
     cached: &mut Cached<L::Cache, L::RowState>,
-) -> Result<Tensor> {
+    capture: Option<&AttentionCapture>,
+) -> Result<(Tensor, Option<Vec<Tensor>>)> {
     let ones = vec![1; cached.states.len()];
-    lm.forward(
-        Rows {
-            embeds,
-            row_lengths: &ones,
-            states: &cached.states,
-        },
-        &mut cached.cache,
-    )
+    forward_rows(lm, embeds, &ones, cached, capture)
+}
+
+/// One forward, capturing attention when asked.
+fn forward_rows<L: LanguageModel>(
+    lm: &L,
+    embeds: &Tensor,
+    row_lengths: &[i64],
+    cached: &mut Cached<L::Cache, L::RowState>,
+    capture: Option<&AttentionCapture>,
+) -> Result<(Tensor, Option<Vec<Tensor>>)> {
+    let rows = Rows {
+        embeds,
+        row_lengths,
+        states: &cached.states,
+    };
+    match capture {
+        None => Ok((lm.forward(rows, &mut cached.cache)?, None)),
+        Some(capture) => {
+            let (logits, attention) =
+                lm.forward_with_attention(rows, &mut cached.cache, capture)?;
+            Ok((logits, Some(attention)))
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What a generation call is told ([`GenerationConfig`]) and what it
 //! returns ([`Generation`], [`TokenEvent`] while streaming).
 
+use damro_llm::AttentionCapture;
 use damro_sampler::LogitsProcessors;
 
 use crate::Mode;
@@ -64,6 +65,11 @@ pub struct GenerationConfig {
     /// Optional logits processors, applied after the contrast (none by
     /// default, as in the reference).
     pub processors: LogitsProcessors,
+    /// Records, for every generated token, the full branch's attention over
+    /// the image tokens (the paper's analysis; see
+    /// [`Generation::attention`]). `None` (the default) computes no
+    /// attention weights at all.
+    pub attention: Option<AttentionCapture>,
 }
 
 impl GenerationConfig {
@@ -76,6 +82,7 @@ impl GenerationConfig {
             stop_strings: Vec::new(),
             branches: BranchExecution::Batched,
             processors: LogitsProcessors::default(),
+            attention: None,
         }
     }
 
@@ -115,6 +122,14 @@ pub struct Generation {
     pub outliers: Vec<i64>,
     /// Why it ended.
     pub finish: FinishReason,
+    /// With [`GenerationConfig::attention`]: for each generated token, the
+    /// full branch's attention over the image tokens (one value per image
+    /// token) at the position whose logits chose it (for the first token,
+    /// the prompt's last position). Empty otherwise.
+    pub attention: Vec<Vec<f32>>,
+    /// With [`GenerationConfig::attention`]: the ViT's \[CLS\] attention over
+    /// the patches that the image tokens are, when they are patches.
+    pub cls_attention: Option<Vec<f32>>,
 }
 
 /// One new token, as reported to a streaming callback.

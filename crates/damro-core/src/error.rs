@@ -37,6 +37,15 @@ pub enum Error {
         /// Why, and what was expected.
         reason: String,
     },
+    /// A problem found in one file of a model directory (`config.json`):
+    /// the file, then the problem (a field and why its value is wrong).
+    #[error("{}: {error}", path.display())]
+    InFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong in it.
+        error: Box<Error>,
+    },
     /// An error of a model implemented outside this workspace (its own
     /// loader, tokenizer or forward), passed through unchanged.
     #[error("{model}: {source}")]
@@ -55,6 +64,32 @@ impl Error {
         Error::Invalid {
             what: what.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Names the file `error` was found in ([`Error::InFile`]), unless the
+    /// error names a file already (reading or parsing it failed).
+    pub fn in_file(path: impl Into<std::path::PathBuf>, error: impl Into<Error>) -> Self {
+        let error = error.into();
+        let names_a_file = matches!(
+            &error,
+            Error::InFile { .. }
+                | Error::Nn(
+                    damro_nn::Error::Io { .. }
+                        | damro_nn::Error::Json { .. }
+                        | damro_nn::Error::ConfigSizes { .. }
+                )
+                | Error::Vision(damro_vision::Error::Nn(
+                    damro_nn::Error::Io { .. } | damro_nn::Error::Json { .. }
+                ))
+        );
+        if names_a_file {
+            error
+        } else {
+            Error::InFile {
+                path: path.into(),
+                error: Box::new(error),
+            }
         }
     }
 

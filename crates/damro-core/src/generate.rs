@@ -63,6 +63,15 @@ struct Row {
     tokens: Vec<i64>,
     text: String,
     finish: Option<FinishReason>,
+    /// With a capture: where the image tokens are, the ViT's scores, and
+    /// the image attention of each token so far.
+    analysis: Option<RowAnalysis>,
+}
+
+struct RowAnalysis {
+    span: std::ops::Range<usize>,
+    cls_attention: Option<Vec<f32>>,
+    attention: Vec<Vec<f32>>,
 }
 
 /// Every request encoded: its row and both branches' inputs.
@@ -91,8 +100,14 @@ fn run<D: DamroDecoder + ?Sized>(
     } = prepare(decoder, requests, config)?;
     let steps = rows.iter().map(|r| r.limit).max().unwrap_or(0);
     let room = steps.min(RESERVED_NEW_TOKENS) as i64;
-    let (mut caches, mut logits) =
-        BranchCaches::prefill(decoder, full, second, config.branches, room)?;
+    let (mut caches, mut logits) = BranchCaches::prefill(
+        decoder,
+        full,
+        second,
+        config.branches,
+        room,
+        config.attention.as_ref(),
+    )?;
     let choice = match config.seed {
         None => TokenChoice::Greedy,
         Some(seed) => TokenChoice::sample_seeded(seed),
@@ -112,7 +127,7 @@ fn run<D: DamroDecoder + ?Sized>(
         }
         let ids =
             choose(&mut sampler, &logits, &rows, decoder.device()).map_err(|e| at_step(e, step))?;
-        stepper.append(&mut rows, &ids, &mut on_token)?;
+        stepper.append(&mut rows, &ids, logits.attention.as_deref(), &mut on_token)?;
         if step + 1 == steps || rows.iter().all(|r| r.finish.is_some()) {
             break;
         }
@@ -141,6 +156,10 @@ fn prepare<D: DamroDecoder + ?Sized>(
     for (i, request) in requests.iter().enumerate() {
         let visual = decoder.encode_image(request, second_image)?;
         let branches = decoder.branch_embeds(request, &visual)?;
+        let analysis = match config.attention {
+            None => None,
+            Some(_) => analysis_of(decoder, request, &branches)?,
+        };
         let limit = config.limit.new_tokens(branches.prompt_ids.len());
         let longest = branches.full.embeds.size().get(1).copied().unwrap_or(0);
         check_context(decoder, i, longest as usize, limit)?;
@@ -175,9 +194,47 @@ fn prepare<D: DamroDecoder + ?Sized>(
             tokens: Vec::new(),
             text: String::new(),
             finish: None,
+            analysis,
         });
     }
     Ok(prepared)
+}
+
+/// The analysis inputs of one request, on the host.
+fn analysis_of<D: DamroDecoder + ?Sized>(
+    decoder: &D,
+    request: &Request,
+    branches: &crate::Branches<RowStateOf<D>>,
+) -> Result<Option<RowAnalysis>> {
+    let Some(inputs) = decoder.analysis_inputs(request, branches)? else {
+        return Ok(None);
+    };
+    let cls_attention = match inputs.cls_attention {
+        Some(t) => Some(Vec::<f32>::try_from(
+            t.f_to_device(tch::Device::Cpu)?
+                .f_to_kind(tch::Kind::Float)?
+                .f_flatten(0, -1)?,
+        )?),
+        None => None,
+    };
+    Ok(Some(RowAnalysis {
+        span: inputs.image_span,
+        cls_attention,
+        attention: Vec::new(),
+    }))
+}
+
+/// The image part of one row's captured attention.
+fn image_attention(row_attention: &Tensor, span: &std::ops::Range<usize>) -> Result<Vec<f32>> {
+    let len = row_attention.size().first().copied().unwrap_or(0);
+    if span.end as i64 > len || span.start > span.end {
+        return Err(Error::invalid(
+            "analysis image span",
+            format!("{span:?} outside a row of {len} tokens"),
+        ));
+    }
+    let slice = row_attention.f_narrow(0, span.start as i64, (span.end - span.start) as i64)?;
+    Ok(Vec::<f32>::try_from(slice.f_to_kind(tch::Kind::Float)?)?)
 }
 
 /// Refuses a request whose prompt, or prompt plus token limit, exceeds the
@@ -238,9 +295,9 @@ fn choose(
     } else {
         None
     };
-    let step_logits = match &logits.1 {
-        Some(second) => StepLogits::damro(&logits.0, second),
-        None => StepLogits::plain(&logits.0),
+    let step_logits = match &logits.second {
+        Some(second) => StepLogits::damro(&logits.full, second),
+        None => StepLogits::plain(&logits.full),
     };
     let step_logits = match &history {
         Some(h) => step_logits.with_history(h),
@@ -264,6 +321,7 @@ impl<D: DamroDecoder + ?Sized> Stepper<'_, D> {
         &self,
         rows: &mut [Row],
         ids: &[i64],
+        attention: Option<&[Tensor]>,
         on_token: &mut Option<&mut dyn FnMut(&TokenEvent<'_>)>,
     ) -> Result<()> {
         for (i, (row, &id)) in rows.iter_mut().zip(ids).enumerate() {
@@ -271,6 +329,12 @@ impl<D: DamroDecoder + ?Sized> Stepper<'_, D> {
                 continue;
             }
             row.tokens.push(id);
+            if let (Some(analysis), Some(rows_attention)) = (row.analysis.as_mut(), attention)
+                && let Some(row_attention) = rows_attention.get(i)
+            {
+                let map = image_attention(row_attention, &analysis.span)?;
+                analysis.attention.push(map);
+            }
             if self.decode_each_step {
                 let text = self.decoder.decode(&row.tokens)?;
                 if let Some(on_token) = on_token.as_mut() {
@@ -311,12 +375,18 @@ impl<D: DamroDecoder + ?Sized> Stepper<'_, D> {
         } else {
             self.decoder.decode(&row.tokens)?
         };
+        let (attention, cls_attention) = match row.analysis {
+            Some(a) => (a.attention, a.cls_attention),
+            None => (Vec::new(), None),
+        };
         Ok(Generation {
             prompt_ids: row.prompt_ids,
             token_ids: row.tokens,
             text,
             outliers: row.outliers,
             finish: row.finish.unwrap_or(FinishReason::Length),
+            attention,
+            cls_attention,
         })
     }
 }

@@ -15,13 +15,17 @@
 //! - [`generate`] / [`generate_streaming`]: prefill each branch, then both
 //!   branches as one batched forward per step, the contrastive sampler,
 //!   stop ids and strings, token limits.
+//! - [`analysis`]: the paper's `H_i` and `F` per generated token, from
+//!   the decoder attention a capture records.
 //! - [`cuda`]: libtorch's CUDA backend for binaries that do not link it,
 //!   and the one device check every loader uses.
 //!
 //! Neighbours: `damro-llm` (the LLaMA decoder and its cache),
 //! `damro-vision` (encoders, preprocessing), `damro-outlier` (top-k
-//! selection), `damro-sampler` (the contrast step), `damro-models` (the
-//! built-in adapters), and the `damro` facade that re-exports them all.
+//! selection), `damro-sampler` (the contrast step), `damro-nn`
+//! (checkpoints, shared layers), `damro-models` (the built-in adapters),
+//! `damro-eval` (POPE, CHAIR, MME runs and scoring), and the `damro`
+//! facade that re-exports them all.
 //!
 //! ```no_run
 //! use damro_core::{DamroDecoder, DamroSettings, GenerationConfig, Mode, Request, generate};
@@ -34,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod analysis;
 mod branches;
 mod config;
 pub mod cuda;
@@ -46,11 +51,12 @@ mod request;
 pub mod views;
 
 pub use config::{BranchExecution, FinishReason, Generation, GenerationConfig, Limit, TokenEvent};
+pub use damro_llm::{AttentionCapture, Selection};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming};
 pub use model::{
-    Branch, BranchCache, Branches, ContrastTokens, DamroDecoder, LanguageModel, RowStateOf, Rows,
-    VisualTokens,
+    AnalysisInputs, Branch, BranchCache, Branches, ContrastTokens, DamroDecoder, LanguageModel,
+    RowStateOf, Rows, VisualTokens,
 };
 pub use options::ModelOptions;
 pub use request::{ImageSource, Request};

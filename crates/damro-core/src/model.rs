@@ -13,7 +13,9 @@ use std::fmt;
 
 use tch::{Device, Tensor};
 
-use crate::{Request, Result, SecondImage};
+use damro_llm::AttentionCapture;
+
+use crate::{Error, Request, Result, SecondImage};
 
 /// A language-model KV cache the generation loop can batch.
 pub trait BranchCache: Sized {
@@ -75,6 +77,44 @@ pub trait LanguageModel {
     /// # Shapes
     /// see [`Rows`] → `[rows, vocab]`
     fn forward(&self, rows: Rows<'_, Self::RowState>, cache: &mut Self::Cache) -> Result<Tensor>;
+
+    /// [`LanguageModel::forward`] that also returns, per row, the last
+    /// position's attention over the row's real tokens, averaged over the
+    /// heads and layers `capture` selects (for the paper's analysis). The
+    /// default says the model cannot.
+    ///
+    /// # Shapes
+    /// see [`Rows`] → logits `[rows, vocab]`, one `[row's tokens]` f32 CPU
+    /// tensor per row
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] unless the model implements it.
+    fn forward_with_attention(
+        &self,
+        rows: Rows<'_, Self::RowState>,
+        cache: &mut Self::Cache,
+        capture: &AttentionCapture,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let _ = (rows, cache, capture);
+        Err(Error::invalid(
+            "attention capture",
+            "this language model does not expose its attention weights",
+        ))
+    }
+}
+
+/// What the analysis of a generation needs from the model besides the
+/// decoder's attention (see [`DamroDecoder::analysis_inputs`]).
+#[derive(Debug)]
+pub struct AnalysisInputs {
+    /// Positions of the image tokens in the full branch's input (the
+    /// decoder attention maps are cut to them).
+    pub image_span: std::ops::Range<usize>,
+    /// The ViT's \[CLS\] attention over the patches `[patches]` (f32, CPU),
+    /// when the image tokens of `image_span` are those patches in patch
+    /// order, so that `H_i` and `F` compare like with like. `None` where
+    /// the image tokens are not patches (InstructBLIP's Q-Former queries).
+    pub cls_attention: Option<Tensor>,
 }
 
 /// The row state of a decoder's language model.
@@ -183,6 +223,22 @@ pub trait DamroDecoder {
     /// The text of the new tokens of one generation, as the model's
     /// reference decodes it.
     fn decode(&self, new_ids: &[i64]) -> Result<String>;
+
+    /// For the analysis (when [`crate::GenerationConfig::attention`] is
+    /// set): where the image tokens sit in the full branch and the ViT's
+    /// \[CLS\] attention over them. The default has none, and a capture then
+    /// records no image attention.
+    ///
+    /// # Errors
+    /// Whatever recomputing the \[CLS\] scores can fail with.
+    fn analysis_inputs(
+        &self,
+        request: &Request,
+        branches: &Branches<RowStateOf<Self>>,
+    ) -> Result<Option<AnalysisInputs>> {
+        let _ = (request, branches);
+        Ok(None)
+    }
 
     /// The number of tokens the language model can attend to, when it has
     /// a limit (prompts and generations beyond it are refused before any

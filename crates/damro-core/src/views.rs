@@ -5,7 +5,7 @@
 //!
 //! | [`Mode`] | second branch | paper |
 //! |---|---|---|
-//! | [`Mode::Damro`] | the image as its ViT's top-k [CLS]-attention outlier tokens | DAMRO (Gong et al., EMNLP 2024) |
+//! | [`Mode::Damro`] | the image as its ViT's top-k `[CLS]`-attention outlier tokens | DAMRO (Gong et al., EMNLP 2024) |
 //! | [`Mode::Vcd`] | the pixel values noised by a diffusion forward step ([`VcdNoise`]) | VCD (Leng et al., CVPR 2024) |
 //! | [`Mode::NoImage`] | the same prompt without image tokens | M3ID / PAI-style guidance |
 //! | [`Mode::CutoffOnly`] | none: alpha = 0, only the `ln(beta) + max l` cutoff | ablation |
@@ -199,7 +199,7 @@ pub enum Mode {
 pub enum SecondImage<'a> {
     /// No second branch.
     None,
-    /// The visual tokens of the top-`k` [CLS]-attention outlier patches
+    /// The visual tokens of the top-`k` `[CLS]`-attention outlier patches
     /// (DAMRO).
     Outliers {
         /// How many.

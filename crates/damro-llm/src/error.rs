@@ -15,12 +15,21 @@ pub enum Error {
     Nn(#[from] damro_nn::Error),
     /// A config field has a value the model cannot use.
     #[error("invalid config field `{field}`: {reason}")]
-    Config { field: String, reason: String },
+    Config {
+        /// The field's name as written in `config.json` (`rope_scaling.factor`,
+        /// `text_config`).
+        field: String,
+        /// What is wrong with its value and what was expected.
+        reason: String,
+    },
     /// A tensor argument has the wrong shape, dtype or device.
     #[error("{what}: expected {expected}, got {got}")]
     Shape {
+        /// The tensor or argument that was checked.
         what: String,
+        /// The shape, dtype or device it should have had.
         expected: String,
+        /// What it had (`Debug` form).
         got: String,
     },
     /// A KV-cache operation was asked for something the cache cannot do.
@@ -28,7 +37,16 @@ pub enum Error {
     Cache(String),
     /// A tokenizer file is missing, invalid, or encoding/decoding failed.
     #[error("tokenizer {path}: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    Tokenizer {
+        /// The tokenizer file (`tokenizer.json`, `tokenizer_config.json`, ...)
+        /// involved.
+        path: PathBuf,
+        /// Why reading it, or encoding/decoding with it, failed.
+        reason: String,
+    },
+    /// An attention capture that does not fit the model.
+    #[error("attention capture: {0}")]
+    Capture(String),
     /// A prompt template name is not known.
     #[error("unknown prompt template `{0}` (expected raw, llava_v1 or instructblip)")]
     UnknownTemplate(String),

@@ -17,6 +17,7 @@ use damro_nn::attention::{
 use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights};
 use tch::{Kind, Tensor};
 
+use crate::capture::{AttentionCapture, CapturedAttention, Recorder, attention_with_weights};
 use crate::config::LlamaConfig;
 use crate::kv_cache::{CacheShape, KvCache, StepMask};
 use crate::rope::{RotaryEmbedding, apply_rotary};
@@ -71,9 +72,13 @@ impl<'a> From<&'a Tensor> for Input<'a> {
 /// SwiGLU feed-forward: `down(act(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
+    /// `gate_proj`: `[intermediate, hidden]`, the activated branch.
     pub gate_proj: Linear,
+    /// `up_proj`: `[intermediate, hidden]`, the linear branch.
     pub up_proj: Linear,
+    /// `down_proj`: `[hidden, intermediate]`, back to the residual width.
     pub down_proj: Linear,
+    /// Activation of the gate (`hidden_act`; SiLU for LLaMA).
     pub act: Activation,
 }
 
@@ -100,9 +105,13 @@ impl Module for Mlp {
 /// Multi-head self-attention with RoPE and grouped-query heads.
 #[derive(Debug)]
 pub struct Attention {
+    /// `q_proj`: `[heads * head_dim, hidden]`.
     pub q_proj: Linear,
+    /// `k_proj`: `[kv_heads * head_dim, hidden]`.
     pub k_proj: Linear,
+    /// `v_proj`: `[kv_heads * head_dim, hidden]`.
     pub v_proj: Linear,
+    /// `o_proj`: `[hidden, heads * head_dim]`.
     pub o_proj: Linear,
     heads: i64,
     kv_heads: i64,
@@ -136,40 +145,21 @@ impl Attention {
         let q = apply_rotary(&q, ctx.cos, ctx.sin)?;
         let k = apply_rotary(&k, ctx.cos, ctx.sin)?;
         let (k, v) = ctx.cache.write(ctx.layer, ctx.start, &k, &v)?;
+        if let Some(recorder) = ctx.capture.as_deref_mut()
+            && recorder.wants_layer(ctx.layer)
+        {
+            let (out, weights) =
+                attention_with_weights(&q, &k, &v, ctx.mask, ctx.causal, self.scale)?;
+            recorder.record(&weights)?;
+            return Ok(self.o_proj.forward(&merge_heads(&out)?)?);
+        }
         let opts = AttentionOptions {
-            mask: match ctx.mask {
-                StepMask::Explicit(m) => Some(m),
-                _ => None,
-            },
-            causal: matches!(ctx.mask, StepMask::Causal),
+            mask: ctx.mask,
+            causal: ctx.causal,
             scale: Some(self.scale),
             gqa: self.heads != self.kv_heads,
         };
-        let out = match ctx.mask {
-            StepMask::Ranges(first) => {
-                // Each row reads only its own real keys.
-                let total = k.size()[2];
-                let rows = first
-                    .iter()
-                    .enumerate()
-                    .map(|(row, &from)| {
-                        let row = row as i64;
-                        let pick = |t: &Tensor| -> Result<Tensor> {
-                            Ok(t.f_narrow(0, row, 1)?.f_narrow(2, from, total - from)?)
-                        };
-                        Ok(attention_with(
-                            ctx.implementation,
-                            &q.f_narrow(0, row, 1)?,
-                            &pick(&k)?,
-                            &pick(&v)?,
-                            opts,
-                        )?)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::f_cat(&rows, 0)?
-            }
-            _ => attention_with(ctx.implementation, &q, &k, &v, opts)?,
-        };
+        let out = attention_with(ctx.implementation, &q, &k, &v, opts)?;
         Ok(self.o_proj.forward(&merge_heads(&out)?)?)
     }
 }
@@ -181,16 +171,67 @@ struct LayerContext<'a> {
     start: i64,
     cos: &'a Tensor,
     sin: &'a Tensor,
-    mask: &'a StepMask,
+    /// The step's attention mask, shared by every layer (`None`: none).
+    mask: Option<&'a Tensor>,
+    /// Causal masking from column 0 instead of a mask.
+    causal: bool,
     implementation: AttentionImpl,
+    /// Set while an attention capture runs.
+    capture: Option<&'a mut Recorder>,
+}
+
+/// The attention mask of one step, built once and shared by every layer.
+///
+/// Left-padded decode steps ([`StepMask::Ranges`], e.g. DAMRO's two
+/// branches in one cache) attend every row in one call under the cache's
+/// padding mask rather than one call per row over that row's run of real
+/// keys: on the CPU one masked call over 2-8 rows cost less than the
+/// per-row calls with their `narrow`s and `cat` (`BENCHMARKS.md`), and on
+/// CUDA a launch per row and layer would dominate the step. The short
+/// rows' padded columns add work proportional to the padding, small next
+/// to reading the weights. SDPA gets an additive f32-or-model-dtype mask
+/// (0 or -inf), which libtorch would otherwise rebuild from a boolean one
+/// in every layer; the eager kernel keeps the boolean mask it fills with
+/// the dtype's lowest value, as transformers does.
+///
+/// # Shapes
+/// → `[batch, 1, step, start + step]` (`None` when no mask applies)
+fn step_attention_mask(
+    mask: &StepMask,
+    cache: &KvCache,
+    kind: Kind,
+    implementation: AttentionImpl,
+) -> Result<Option<Tensor>> {
+    let allowed = match mask {
+        StepMask::Explicit(m) => m.shallow_clone(),
+        StepMask::Ranges(_) => {
+            // One new column per row, every row's real keys one run: the
+            // used part of the padding mask is exactly what each row sees.
+            let real = cache.padding_mask()?;
+            real.f_unsqueeze(1)?.f_unsqueeze(1)?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(match implementation {
+        AttentionImpl::Eager => allowed,
+        AttentionImpl::Sdpa => {
+            let blocked = allowed.f_logical_not()?;
+            Tensor::f_zeros(allowed.size(), (kind, allowed.device()))?
+                .f_masked_fill(&blocked, f64::NEG_INFINITY)?
+        }
+    }))
 }
 
 /// One pre-norm decoder layer.
 #[derive(Debug)]
 pub struct DecoderLayer {
+    /// Causal self-attention (`self_attn`).
     pub self_attn: Attention,
+    /// Feed-forward block (`mlp`).
     pub mlp: Mlp,
+    /// RMS norm before the attention (`input_layernorm`, weight `[hidden]`).
     pub input_layernorm: RmsNorm,
+    /// RMS norm before the MLP (`post_attention_layernorm`, weight `[hidden]`).
     pub post_attention_layernorm: RmsNorm,
 }
 
@@ -227,8 +268,11 @@ impl DecoderLayer {
 /// A LLaMA causal language model (`LlamaForCausalLM`).
 #[derive(Debug)]
 pub struct Llama {
+    /// Token embedding (`model.embed_tokens`, `[vocab, hidden]`).
     pub embed_tokens: Embedding,
+    /// The decoder layers (`model.layers.{i}`), `num_hidden_layers` of them.
     pub layers: Vec<DecoderLayer>,
+    /// Final RMS norm before the LM head (`model.norm`, weight `[hidden]`).
     pub norm: RmsNorm,
     /// `[vocab, hidden]`; the embedding matrix itself when tied.
     pub lm_head: Linear,
@@ -347,11 +391,19 @@ impl Llama {
         input: impl Into<Input<'a>>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let input = input.into();
+        self.forward_hidden_with(input.into(), cache, None)
+    }
+
+    fn forward_hidden_with(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        capture: Option<&mut Recorder>,
+    ) -> Result<Tensor> {
         self.check_input(input.embeds, cache)?;
         let step_len = input.embeds.size()[1];
         let before = cache.len();
-        let result = self.run_layers(input, step_len, cache);
+        let result = self.run_layers(input, step_len, cache, capture);
         if result.is_err() && cache.len() > before {
             // Undo the half-written step so the cache stays usable.
             cache.truncate(before)?;
@@ -359,19 +411,28 @@ impl Llama {
         result
     }
 
-    fn run_layers(&self, input: Input<'_>, step_len: i64, cache: &mut KvCache) -> Result<Tensor> {
+    fn run_layers(
+        &self,
+        input: Input<'_>,
+        step_len: i64,
+        cache: &mut KvCache,
+        capture: Option<&mut Recorder>,
+    ) -> Result<Tensor> {
         let step = cache.begin_step(step_len, input.row_lengths)?;
         let (cos, sin) = self
             .rotary
             .cos_sin(&step.positions, step.max_row_len, self.kind)?;
+        let mask = step_attention_mask(&step.mask, cache, self.kind, self.attention)?;
         let mut ctx = LayerContext {
             cache,
             layer: 0,
             start: step.start,
             cos: &cos,
             sin: &sin,
-            mask: &step.mask,
+            mask: mask.as_ref(),
+            causal: matches!(step.mask, StepMask::Causal),
             implementation: self.attention,
+            capture,
         };
         let mut xs = input.embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -423,6 +484,53 @@ impl Llama {
             (_, None) => hidden,
         };
         self.logits(&hidden)
+    }
+
+    /// [`Llama::forward`] that also records the attention weights the
+    /// capture selects (see [`crate::capture`]): per row, the step's last
+    /// query over the row's real tokens, averaged over the selected heads
+    /// and layers. The selected layers run HF's eager attention instead of
+    /// the fused kernel (equal to ~1e-6, so near-tied greedy choices may
+    /// differ from an uncaptured run).
+    ///
+    /// # Shapes
+    /// as [`Llama::forward`]; each captured row `[row's tokens]`
+    ///
+    /// # Errors
+    /// As [`Llama::forward`], and [`Error::Capture`] for a selection out of
+    /// the model's range.
+    pub fn forward_with_attention<'a>(
+        &self,
+        input: impl Into<Input<'a>>,
+        cache: &mut KvCache,
+        at: LogitsAt,
+        capture: &AttentionCapture,
+    ) -> Result<(Tensor, CapturedAttention)> {
+        capture.validate(
+            self.config.num_hidden_layers as usize,
+            self.config.num_attention_heads as usize,
+        )?;
+        let mut recorder = Recorder::new(capture, self.device())?;
+        let input = input.into();
+        let step = input.embeds.size().get(1).copied().unwrap_or(0);
+        let hidden = self.forward_hidden_with(input, cache, Some(&mut recorder))?;
+        let captured = recorder.finish(cache)?;
+        let hidden = match at {
+            LogitsAt::Last => hidden.f_narrow(1, step - 1, 1)?,
+            LogitsAt::All => hidden,
+            LogitsAt::Columns(cols) => {
+                if let Some(bad) = cols.iter().find(|&&c| c < 0 || c >= step) {
+                    return Err(Error::shape(
+                        "LogitsAt::Columns",
+                        format!("columns in 0..{step}"),
+                        bad,
+                    ));
+                }
+                let index = Tensor::f_from_slice(&cols)?.f_to_device(self.device())?;
+                hidden.f_index_select(1, &index)?
+            }
+        };
+        Ok((self.logits(&hidden)?, captured))
     }
 
     fn check_input(&self, embeds: &Tensor, cache: &KvCache) -> Result<()> {

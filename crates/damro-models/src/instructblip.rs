@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use damro_core::{
-    Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
+    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
     VisualTokens,
 };
 use damro_llm::{Llama, LlamaTokenizer};
@@ -240,6 +240,23 @@ impl DamroDecoder for InstructBlipDecoder {
         ids.extend(self.decode_bos);
         ids.extend(to_u32(new_ids)?);
         Ok(self.tokenizer.decode(&ids)?.trim().to_string())
+    }
+
+    /// The image part is the Q-Former's query outputs at the start of the
+    /// input: the decoder attends to queries, not to patches, so `H_i` and
+    /// `F` (which compare patch sets) are not defined and no \[CLS\] scores
+    /// are given; the query-token attention is still recorded.
+    fn analysis_inputs(
+        &self,
+        _request: &Request,
+        branches: &Branches<()>,
+    ) -> Result<Option<AnalysisInputs>> {
+        let full_len = branches.full.embeds.size().get(1).copied().unwrap_or(0) as usize;
+        let queries = full_len.saturating_sub(branches.prompt_ids.len());
+        Ok(Some(AnalysisInputs {
+            image_span: 0..queries,
+            cls_attention: None,
+        }))
     }
 
     fn context_length(&self) -> Option<usize> {

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use damro_core::{
-    Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
+    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
     VisualTokens,
 };
 use damro_llm::{Llama, LlamaTokenizer};
@@ -197,6 +197,28 @@ impl DamroDecoder for LlavaDecoder {
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         Ok(self.tokenizer.decode(&to_u32(new_ids)?)?.trim().to_string())
+    }
+
+    /// The 576 image tokens sit where the placeholder was, in patch order,
+    /// so the ViT's \[CLS\] scores (recomputed here) compare with them.
+    fn analysis_inputs(
+        &self,
+        request: &Request,
+        branches: &Branches<()>,
+    ) -> Result<Option<AnalysisInputs>> {
+        let image_id = self.vision.config().image_token_index;
+        let at = placeholder_position(&branches.prompt_ids, image_id)?;
+        let full_len = branches.full.embeds.size().get(1).copied().unwrap_or(0) as usize;
+        let image_len = full_len + 1 - branches.prompt_ids.len();
+        let pixels =
+            request
+                .image
+                .pixel_values(&self.processor, self.options.kind, self.options.device)?;
+        let cls = self.cls_attention_of(&pixels)?.f_flatten(0, -1)?;
+        Ok(Some(AnalysisInputs {
+            image_span: at..at + image_len,
+            cls_attention: Some(cls),
+        }))
     }
 
     fn context_length(&self) -> Option<usize> {
