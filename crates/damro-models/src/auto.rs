@@ -130,7 +130,7 @@ impl AutoDecoder {
         }
     }
 
-    /// Writes the heatmap of the image's [CLS] attention over the
+    /// Writes the heatmap of the image's `[CLS]` attention over the
     /// preprocessed image, with the top-`k` outliers outlined, to `path`
     /// (PNG, written atomically). Returns the outliers in selection order.
     /// LLaVA-NeXT: the base tile's map (the tile DAMRO takes its outliers
@@ -175,7 +175,7 @@ impl AutoDecoder {
             .collect()
     }
 
-    /// The pixels `[tiles, 3, H, W]` and [CLS] scores `[tiles, patches]` of
+    /// The pixels `[tiles, 3, H, W]` and `[CLS]` scores `[tiles, patches]` of
     /// an image, with the processor config that normalised them.
     fn heatmap_inputs(&self, image: &ImageSource) -> Result<HeatmapInputs<'_>> {
         let options = self.options();

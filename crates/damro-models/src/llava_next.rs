@@ -10,7 +10,7 @@
 //!   tokens: the base tile's 576, then the un-padded grid with
 //!   `image_newline` after every row, in 4.43's grid layout by default
 //!   ([`GridLayout::Corrected`] with [`LlavaNextDecoder::with_grid_layout`]).
-//! - DAMRO's branch: the base tile's top-k patches by the full-width [CLS]
+//! - DAMRO's branch: the base tile's top-k patches by the full-width `[CLS]`
 //!   score, in top-k order, projected, then one `image_newline`
 //!   (`k + 1` tokens).
 //! - VCD's branch: the full path on noised tile pixels; the no-image branch
@@ -155,7 +155,7 @@ impl LlavaNextDecoder {
         image.tile_pixel_values(&self.processor, self.options.kind, self.options.device)
     }
 
-    /// DAMRO's [CLS] scores of every tile (f32).
+    /// DAMRO's `[CLS]` scores of every tile (f32).
     ///
     /// # Shapes
     /// pixels `[tiles, 3, 336, 336]` → `[tiles, 576]`

@@ -193,7 +193,7 @@ impl<A: TowerAttention> EncoderLayer<A> {
         })
     }
 
-    /// The layer's output and, when `with_cls`, its [CLS] scores.
+    /// The layer's output and, when `with_cls`, its `[CLS]` scores.
     pub(crate) fn forward(&self, xs: &Tensor, with_cls: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (attn, cls) = self
             .self_attn

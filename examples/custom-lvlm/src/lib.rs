@@ -1,6 +1,6 @@
 //! An LVLM that damro-rs has never seen, getting DAMRO (and VCD, no-image,
 //! cutoff-only) decoding from outside the workspace through the public API
-//! only: a patch-token vision side with a [CLS] token, and a GPT-2-style
+//! only: a patch-token vision side with a `[CLS]` token, and a GPT-2-style
 //! decoder ([`gpt::TinyGpt`]) that is not damro's LLaMA.
 //!
 //! The prompt is `<image>` followed by the question's bytes (a byte-level
@@ -26,7 +26,7 @@ pub const IMAGE_ID: i64 = 256;
 pub const EOS_ID: i64 = 257;
 
 /// A patch-token vision side: non-overlapping patches projected to tokens,
-/// a [CLS] token whose single-head attention over the patches ranks them,
+/// a `[CLS]` token whose single-head attention over the patches ranks them,
 /// and a projection into the decoder's embedding space.
 #[derive(Debug)]
 pub struct PatchVision {
@@ -51,7 +51,7 @@ impl PatchVision {
         }
     }
 
-    /// Patch features and the [CLS] attention over the patches.
+    /// Patch features and the `[CLS]` attention over the patches.
     ///
     /// # Shapes
     /// pixels `[1, 3, H, W]` → features `[1, P, width]`, scores `[1, P]`
