@@ -25,11 +25,6 @@
 //! not re-exported; the examples use it. This crate also hosts the
 //! workspace's examples, benches and integration tests.
 
-// The README's prose writes the ViT's class token as a bare `[CLS]`, which
-// rustdoc would take for an intra-doc link; unresolved, it renders as the
-// literal text, as on GitHub.
-#![allow(rustdoc::broken_intra_doc_links)]
-
 pub use damro_core::{
     AnalysisInputs, AttentionCapture, Branch, BranchCache, BranchExecution, Branches,
     ContrastTokens, ContrastView, CustomContrast, DamroDecoder, DamroSettings, Error, FinishReason,
