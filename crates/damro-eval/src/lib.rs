@@ -14,6 +14,10 @@
 //!   runs that write the authors' answer fields, the MME scorer with
 //!   per-sub-task accuracy / accuracy+ and the perception, cognition and
 //!   hallucination totals.
+//! - [`analysis`]: the paper's Figures 4 and 5: CHAIR's hallucinated
+//!   objects and sentences mapped onto generated tokens, the mean `H_i`
+//!   and `F` of hallucinatory and other tokens, and the per-image records
+//!   file of an analysis run.
 //! - [`compare`]: several answer files of the same questions scored and
 //!   shown side by side (POPE per split and average, MME per sub-task).
 //! - [`report`]: what every metrics report records besides its numbers:
@@ -64,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+pub mod analysis;
 mod answers_file;
 pub mod chair;
 pub mod compare;

@@ -33,6 +33,7 @@ pub mod score;
 pub mod synonyms;
 pub mod words;
 
+use std::ops::Range;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,7 @@ pub use score::{CaptionDetail, ChairCounts, ChairMetrics, ChairReport, score};
 pub use synonyms::Synonyms;
 
 use crate::Result;
-use words::WordRules;
+use words::{SpannedToken, WordRules};
 
 /// One object word in a caption.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,19 +89,47 @@ impl ChairEvaluator {
 
     /// The words of `caption` and the objects it mentions.
     pub fn caption_objects(&self, caption: &str) -> CaptionObjects {
-        let words = self.rules.words(caption);
-        let has = |w: &str, words: &[String]| words.iter().any(|x| x == w);
-        let mut candidates = words.clone();
-        if has("toilet", &words) && has("seat", &words) {
-            candidates.retain(|w| w != "seat");
+        let (words, mentions) = self.spanned_objects(caption);
+        CaptionObjects {
+            words: words.into_iter().map(|w| w.text).collect(),
+            mentions: mentions.into_iter().map(|m| m.mention).collect(),
         }
-        let mentions = candidates
-            .into_iter()
-            .filter_map(|word| {
-                let object = self.synonyms.object_of(&word)?.to_owned();
-                Some(Mention { word, object })
+    }
+
+    /// The mentions of [`Self::caption_objects`], each with the byte range
+    /// of its word in `caption` (for the paper's analysis, which maps
+    /// object words to generated tokens).
+    pub fn mention_spans(&self, caption: &str) -> Vec<SpannedMention> {
+        self.spanned_objects(caption).1
+    }
+
+    fn spanned_objects(&self, caption: &str) -> (Vec<SpannedToken>, Vec<SpannedMention>) {
+        let words = self.rules.spanned_words(caption);
+        let has = |w: &str| words.iter().any(|x| x.text == w);
+        let drop_seat = has("toilet") && has("seat");
+        let mentions = words
+            .iter()
+            .filter(|w| !(drop_seat && w.text == "seat"))
+            .filter_map(|w| {
+                let object = self.synonyms.object_of(&w.text)?.to_owned();
+                Some(SpannedMention {
+                    mention: Mention {
+                        word: w.text.clone(),
+                        object,
+                    },
+                    span: w.span.clone(),
+                })
             })
             .collect();
-        CaptionObjects { words, mentions }
+        (words, mentions)
     }
+}
+
+/// A [`Mention`] and where its word is in the caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpannedMention {
+    /// The object word and its object.
+    pub mention: Mention,
+    /// The word's bytes in the caption (both words of a joined phrase).
+    pub span: Range<usize>,
 }

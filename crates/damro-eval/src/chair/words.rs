@@ -38,6 +38,7 @@
 //!   this addition changes no count (`table` maps to dining table anyway).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use super::Synonyms;
 
@@ -180,19 +181,29 @@ impl WordRules {
     }
 
     /// The caption's words: lower-cased, tokenised, singular, with the
-    /// two-word phrases joined (see the module docs).
-    pub(crate) fn words(&self, caption: &str) -> Vec<String> {
-        let tokens: Vec<String> = tokenize(&caption.to_lowercase())
+    /// two-word phrases joined (see the module docs), each with its byte
+    /// range in `caption` (a joined phrase spans both words and what lies
+    /// between them).
+    pub(crate) fn spanned_words(&self, caption: &str) -> Vec<SpannedToken> {
+        let lower = caption.to_lowercase();
+        let to_caption = lowercase_offsets(caption, &lower);
+        let tokens: Vec<SpannedToken> = tokenize_spans(&lower)
             .into_iter()
-            .map(|t| singularize(&t, &self.vocab))
+            .map(|t| SpannedToken {
+                text: singularize(&t.text, &self.vocab),
+                span: to_caption(t.span.start)..to_caption(t.span.end),
+            })
             .collect();
         let mut words = Vec::with_capacity(tokens.len());
         let mut i = 0;
         while i < tokens.len() {
             if let Some(next) = tokens.get(i + 1) {
-                let pair = format!("{} {}", tokens[i], next);
+                let pair = format!("{} {}", tokens[i].text, next.text);
                 if let Some(word) = self.double_words.get(&pair) {
-                    words.push(word.clone());
+                    words.push(SpannedToken {
+                        text: word.clone(),
+                        span: tokens[i].span.start..next.span.end,
+                    });
                     i += 2;
                     continue;
                 }
@@ -204,13 +215,55 @@ impl WordRules {
     }
 }
 
+/// Maps a byte offset of `lower` (`original.to_lowercase()`) back to
+/// `original`: each character's lower-case form is emitted in order, so
+/// offsets are matched character by character (an offset inside the
+/// lower-case form of a character that lower-cases to several, e.g. `İ`,
+/// maps to that character's start).
+fn lowercase_offsets(original: &str, lower: &str) -> impl Fn(usize) -> usize {
+    let mut starts: Vec<(usize, usize)> = Vec::with_capacity(original.len() + 1);
+    let mut at = 0;
+    for (byte, c) in original.char_indices() {
+        starts.push((at, byte));
+        at += c.to_lowercase().map(char::len_utf8).sum::<usize>();
+    }
+    starts.push((at.max(lower.len()), original.len()));
+    move |offset| match starts.binary_search_by_key(&offset, |&(l, _)| l) {
+        Ok(i) => starts[i].1,
+        Err(i) => starts[i.saturating_sub(1)].1,
+    }
+}
+
 /// Splits lower-cased text into NLTK-like tokens (see the module docs).
 pub fn tokenize(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let at = |i: usize| chars.get(i).copied();
+    tokenize_spans(text).into_iter().map(|t| t.text).collect()
+}
+
+/// A token of [`tokenize_spans`] with where it is in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpannedToken {
+    /// The token (as [`tokenize`] returns it).
+    pub text: String,
+    /// Its bytes in the tokenised text.
+    pub span: Range<usize>,
+}
+
+/// [`tokenize`] with each token's byte range in `text` (a token is always
+/// a contiguous piece of the text).
+pub fn tokenize_spans(text: &str) -> Vec<SpannedToken> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
+    let byte = |i: usize| chars.get(i).map_or(text.len(), |&(b, _)| b);
     let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
     let is_digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
     let mut tokens = Vec::new();
+    let mut push = |start: usize, end: usize| {
+        let span = byte(start)..byte(end);
+        tokens.push(SpannedToken {
+            text: text[span.clone()].to_owned(),
+            span,
+        });
+    };
     let mut i = 0;
     while let Some(c) = at(i) {
         if c.is_whitespace() {
@@ -226,19 +279,18 @@ pub fn tokenize(text: &str) -> Vec<String> {
                     _ => break,
                 }
             }
-            let word: String = chars[start..i].iter().collect();
             // "don't" -> "do", "n't"
             if at(i) == Some('\'')
                 && at(i + 1) == Some('t')
                 && !is_word(at(i + 2))
-                && word.len() > 1
-                && word.ends_with('n')
+                && i - start > 1
+                && at(i - 1) == Some('n')
             {
-                tokens.push(word[..word.len() - 1].to_owned());
-                tokens.push("n't".to_owned());
+                push(start, i - 1);
+                push(i - 1, i + 2);
                 i += 2;
             } else {
-                tokens.push(word);
+                push(start, i);
             }
         } else if c == '\''
             && i > 0
@@ -250,15 +302,15 @@ pub fn tokenize(text: &str) -> Vec<String> {
             while at(i).is_some_and(char::is_alphabetic) {
                 i += 1;
             }
-            tokens.push(chars[start..i].iter().collect());
+            push(start, i);
         } else if c == '.' {
             let start = i;
             while at(i) == Some('.') {
                 i += 1;
             }
-            tokens.push(chars[start..i].iter().collect());
+            push(start, i);
         } else {
-            tokens.push(c.to_string());
+            push(i, i + 1);
             i += 1;
         }
     }
