@@ -305,6 +305,38 @@ pub fn write_heatmap(
     )
 }
 
+/// Places `panels` left to right, top-aligned, `gap` white pixels apart,
+/// on a white canvas as tall as the tallest panel (e.g. a decoder
+/// attention map beside the ViT's \[CLS\] map, as in the paper's Figures 2
+/// and 3).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] without panels or for a canvas wider or
+/// taller than `u32::MAX` pixels.
+pub fn side_by_side(panels: &[RgbImage], gap: u32) -> Result<RgbImage> {
+    let too_big = || Error::InvalidParameter {
+        name: "panels",
+        value: format!("{} panels", panels.len()),
+        expected: "at least one panel, at most u32::MAX pixels wide in all",
+    };
+    if panels.is_empty() {
+        return Err(too_big());
+    }
+    let gaps = u64::from(gap) * (panels.len() as u64 - 1);
+    let width = panels.iter().map(|p| u64::from(p.width())).sum::<u64>() + gaps;
+    let width = u32::try_from(width).map_err(|_| too_big())?;
+    let height = panels.iter().map(RgbImage::height).max().unwrap_or(0);
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut x0 = 0u32;
+    for panel in panels {
+        for (x, y, pixel) in panel.enumerate_pixels() {
+            canvas.put_pixel(x0 + x, y, *pixel);
+        }
+        x0 = x0.saturating_add(panel.width()).saturating_add(gap);
+    }
+    Ok(canvas)
+}
+
 fn normalise(scores: &[f32], scale: ScoreScale) -> Result<Vec<f32>> {
     let values: Vec<f32> = match scale {
         ScoreScale::Linear => scores.to_vec(),
@@ -418,6 +450,20 @@ mod tests {
         assert_eq!(out.get_pixel(5, 3).0, [100, 100, 100]);
         // Equal scores normalise to 0: dark blue inside.
         assert_eq!(out.get_pixel(1, 0).0, [0, 0, 128]);
+    }
+
+    #[test]
+    fn panels_sit_side_by_side_top_aligned() {
+        let red = RgbImage::from_pixel(2, 2, Rgb([255, 0, 0]));
+        let blue = RgbImage::from_pixel(3, 1, Rgb([0, 0, 255]));
+        let out = side_by_side(&[red, blue], 1).unwrap();
+        assert_eq!(out.dimensions(), (6, 2));
+        assert_eq!(out.get_pixel(1, 1).0, [255, 0, 0]);
+        assert_eq!(out.get_pixel(2, 0).0, [255, 255, 255]); // the gap
+        assert_eq!(out.get_pixel(3, 0).0, [0, 0, 255]);
+        assert_eq!(out.get_pixel(5, 0).0, [0, 0, 255]);
+        assert_eq!(out.get_pixel(4, 1).0, [255, 255, 255]); // below the short panel
+        assert!(side_by_side(&[], 4).is_err());
     }
 
     #[test]

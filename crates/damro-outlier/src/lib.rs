@@ -18,7 +18,8 @@
 //!   reference's off-by-one indexing or the corrected one).
 //! - [`overlap_curve`], [`overlap_rate`], [`outlier_influence`]: the
 //!   paper's `H_i` and `F`.
-//! - [`render_heatmap`], [`write_heatmap`]: PNG heatmaps like Figure 1.
+//! - [`render_heatmap`], [`write_heatmap`]: PNG heatmaps like Figure 1;
+//!   [`side_by_side`] puts several next to each other (Figures 2 and 3).
 //!
 //! Neighbours: works on plain `tch` tensors. The scores come from the
 //! vision towers of `damro-vision`; `damro-core` builds the outlier branch
@@ -54,7 +55,7 @@ pub use error::{Error, Result};
 pub use gather::{TokenIndexing, gather_tokens, outlier_tokens};
 pub use heatmap::{
     Colormap, GridPlacement, HeatmapOptions, PatchGrid, ScoreScale, Upsample, render_heatmap,
-    write_heatmap,
+    side_by_side, write_heatmap,
 };
 /// The `image` crate this one renders with, for loading images and saving
 /// [`image::RgbImage`]s of the same version.
