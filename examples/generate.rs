@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     image: PathBuf,
     /// The question (or the whole text with --template raw).
-    #[arg(long)]
+    #[arg(long, value_parser = cli::utf8_text())]
     prompt: String,
     /// Prompt template: raw, llava_v1 or instructblip [default: the model's].
     #[arg(long)]

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use damro::llm::TokenizerBehavior;
 use damro::sampler::DamroParams;
@@ -34,6 +35,20 @@ pub fn exit_code(result: Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A text argument (a prompt): any bytes are accepted by the parser, and
+/// bytes that are not UTF-8 are an error naming the flag, not clap's
+/// anonymous "invalid UTF-8 in one or more arguments".
+pub fn utf8_text() -> impl clap::builder::TypedValueParser<Value = String> {
+    clap::builder::OsStringValueParser::new().try_map(|text: std::ffi::OsString| {
+        text.into_string().map_err(|bytes| {
+            format!(
+                "not valid UTF-8 text: `{}` (undecodable bytes shown as U+FFFD)",
+                bytes.to_string_lossy()
+            )
+        })
+    })
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

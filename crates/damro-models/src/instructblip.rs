@@ -22,8 +22,8 @@
 use std::path::Path;
 
 use damro_core::{
-    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
-    VisualTokens,
+    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result,
+    SecondImage, VisualTokens,
 };
 use damro_llm::{Llama, LlamaTokenizer};
 use damro_nn::KeyMap;
@@ -32,8 +32,10 @@ use damro_vision::preprocess::ImageProcessor;
 use damro_vision::{InstructBlipConfig, InstructBlipVision, QFormerInput, QFormerTokenizer};
 use tch::Tensor;
 
+use crate::config_sizes::check_instructblip;
 use crate::loading::{
-    LanguageSide, eos_stop_ids, load_language_side, open_weights, require_cls, to_i64, to_u32,
+    LanguageSide, eos_stop_ids, in_config_json, language_config, load_language_side, open_weights,
+    require_cls, to_i64, to_u32,
 };
 use crate::unsupported_view;
 
@@ -87,7 +89,9 @@ impl InstructBlipDecoder {
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let root = open_weights(dir, &KeyMap::identity(), &options)?;
-        let config = InstructBlipConfig::from_dir(dir)?;
+        let config = in_config_json(dir, InstructBlipConfig::from_dir(dir))?;
+        let text = language_config(dir, &root, &config.text_config)?;
+        check_instructblip(dir, &root, &config, &text)?;
         let vision = InstructBlipVision::load_from(&root, &config)?;
         let LanguageSide {
             llm,

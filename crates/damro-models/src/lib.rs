@@ -25,6 +25,7 @@
 //! ```
 
 pub mod auto;
+pub mod config_sizes;
 pub mod instructblip;
 pub mod llava;
 pub mod llava_next;

@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use damro_core::{
-    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result, SecondImage,
-    VisualTokens,
+    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, ModelOptions, Request, Result,
+    SecondImage, VisualTokens,
 };
 use damro_llm::{Llama, LlamaTokenizer};
 use damro_nn::KeyMap;
@@ -21,9 +21,10 @@ use damro_vision::preprocess::ImageProcessor;
 use damro_vision::{LlavaConfig, LlavaVision};
 use tch::Tensor;
 
+use crate::config_sizes::check_llava;
 use crate::loading::{
-    LanguageSide, check_image_token, eos_stop_ids, load_language_side, open_weights,
-    placeholder_position, require_cls, splice_at, to_i64, to_u32,
+    LanguageSide, check_image_token, eos_stop_ids, in_config_json, language_config,
+    load_language_side, open_weights, placeholder_position, require_cls, splice_at, to_i64, to_u32,
 };
 use crate::unsupported_view;
 
@@ -47,7 +48,9 @@ impl LlavaDecoder {
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let root = open_weights(dir, &KeyMap::llava(), &options)?;
-        let config = LlavaConfig::from_dir(dir)?;
+        let config = in_config_json(dir, LlavaConfig::from_dir(dir))?;
+        let text = language_config(dir, &root, &config.text_config)?;
+        check_llava(dir, &root, &config, &text)?;
         let vision = LlavaVision::load_from(&root, &config)?;
         let LanguageSide {
             llm,

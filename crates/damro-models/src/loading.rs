@@ -41,20 +41,56 @@ pub fn open_weights(dir: &Path, key_map: &KeyMap, options: &ModelOptions) -> Res
     Ok(Weights::new(Checkpoint::open(dir, key_map)?, load)?)
 }
 
-/// The LLaMA of a multimodal checkpoint: `text_config` validated, with the
-/// vocabulary size taken from the embedding matrix (some configs state it
-/// wrongly), loaded from `language_model.*`.
+/// The result of reading `dir/config.json` (e.g.
+/// `LlavaConfig::from_dir(dir)`), with an invalid field reported with the
+/// file ([`Error::in_file`]).
 ///
 /// # Errors
-/// An invalid `text_config`, missing or mis-shaped weights.
-pub fn load_language_model(root: &Weights, text_config: &serde_json::Value) -> Result<Llama> {
-    let mut json = LlamaConfigJson::from_value(text_config.clone())?;
+/// The error of `read`, naming `dir/config.json`.
+pub fn in_config_json<T, E: Into<Error>>(dir: &Path, read: std::result::Result<T, E>) -> Result<T> {
+    read.map_err(|e| Error::in_file(dir.join("config.json"), e))
+}
+
+/// The validated LLaMA config of a multimodal checkpoint's `text_config`,
+/// with the vocabulary size taken from the embedding matrix (some configs
+/// state it wrongly). Nothing is loaded.
+///
+/// # Errors
+/// An invalid `text_config` field, named as `text_config.<field>` in
+/// `dir/config.json`.
+pub fn language_config(
+    dir: &Path,
+    root: &Weights,
+    text_config: &serde_json::Value,
+) -> Result<LlamaConfig> {
+    let in_section = |e: damro_llm::Error| {
+        let e = match e {
+            damro_llm::Error::Config { field, reason } if field != "text_config" => {
+                damro_llm::Error::Config {
+                    field: format!("text_config.{field}"),
+                    reason,
+                }
+            }
+            other => other,
+        };
+        Error::in_file(dir.join("config.json"), e)
+    };
+    let mut json = LlamaConfigJson::from_value(text_config.clone()).map_err(in_section)?;
     if let Some(shape) = root.shape_of("language_model.model.embed_tokens.weight")
         && let [rows, _] = shape[..]
     {
         json.vocab_size = Some(rows);
     }
-    let config: LlamaConfig = json.into_config()?;
+    json.into_config().map_err(in_section)
+}
+
+/// The LLaMA of a multimodal checkpoint ([`language_config`]), loaded from
+/// `language_model.*`.
+///
+/// # Errors
+/// An invalid `text_config`, missing or mis-shaped weights.
+pub fn load_language_model(root: &Weights, text_config: &serde_json::Value) -> Result<Llama> {
+    let config = language_config(root.dir(), root, text_config)?;
     Ok(Llama::load(&root.pp("language_model"), &config)?)
 }
 

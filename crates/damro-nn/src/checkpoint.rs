@@ -64,71 +64,179 @@ pub struct Checkpoint {
 }
 
 #[derive(Deserialize)]
-struct Index {
+struct IndexFile {
     weight_map: HashMap<String, String>,
+}
+
+/// A parsed `model.safetensors.index.json`: which shard holds each tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIndex {
+    /// Tensor name (as on disk) to shard file name.
+    pub weight_map: HashMap<String, String>,
+}
+
+impl ShardIndex {
+    /// Parses an index file's text; `path` is named in errors.
+    ///
+    /// # Errors
+    /// [`Error::Json`] for text that is not an index, [`Error::BadShardName`]
+    /// for a shard name that is not a plain file name (a path with
+    /// separators or `..` would reach outside the model directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let file: IndexFile = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for shard in file.weight_map.values() {
+            let plain = Path::new(shard).file_name().and_then(|n| n.to_str()) == Some(shard);
+            if !plain {
+                return Err(Error::BadShardName {
+                    index: path.to_path_buf(),
+                    shard: shard.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            weight_map: file.weight_map,
+        })
+    }
+
+    /// The distinct shard file names, sorted.
+    pub fn shards(&self) -> BTreeSet<&str> {
+        self.weight_map.values().map(String::as_str).collect()
+    }
+}
+
+/// Reads the header of a safetensors file held in `bytes` (a mapped file):
+/// every tensor's name, dtype, shape and byte range, plus where the data
+/// starts. Every range is checked against the data the file holds, so a
+/// truncated file or a header claiming more than the file has fails here.
+///
+/// # Errors
+/// [`Error::Safetensors`] naming `path`.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<TensorInfo>)> {
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let data_start = 8 + header_len;
+    let data_len = bytes.len().saturating_sub(data_start);
+    let mut infos = Vec::new();
+    for (disk_name, info) in metadata.tensors() {
+        let (start, end) = info.data_offsets;
+        if start > end || end > data_len {
+            return Err(Error::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!("tensor {disk_name} lies outside the file"),
+            });
+        }
+        infos.push(TensorInfo {
+            disk_name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            file: 0,
+            start,
+            end,
+        });
+    }
+    Ok((data_start, infos))
+}
+
+/// Maps one weights file.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the map is read-only and lives as long as the checkpoint;
+    // tensors copy out of it before they are returned.
+    unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// An index file's path and content.
+type IndexAt = (PathBuf, ShardIndex);
+
+/// The weight files of `dir` (one, or the index's shards) and the index.
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<IndexAt>)> {
+    let index_path = dir.join(INDEX_FILE);
+    let single = dir.join(SINGLE_FILE);
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
+            path: index_path.clone(),
+            source,
+        })?;
+        let index = ShardIndex::parse(&index_path, &text)?;
+        let shards: Vec<PathBuf> = index.shards().into_iter().map(|s| dir.join(s)).collect();
+        if let Some(shard) = shards.iter().find(|shard| !shard.is_file()) {
+            return Err(Error::ShardMissing {
+                index: index_path,
+                shard: shard.clone(),
+            });
+        }
+        Ok((shards, Some((index_path, index))))
+    } else if single.is_file() {
+        Ok((vec![single], None))
+    } else if dir.is_dir() {
+        Err(Error::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+    } else {
+        Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        })
+    }
+}
+
+/// Checks that every tensor the index names is in the shard it names.
+fn check_index(
+    dir: &Path,
+    index_path: PathBuf,
+    index: &ShardIndex,
+    disk_names: &HashMap<String, PathBuf>,
+) -> Result<()> {
+    let mut absent: Vec<String> = index
+        .weight_map
+        .iter()
+        .filter(|(name, shard)| disk_names.get(*name) != Some(&dir.join(shard)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if absent.is_empty() {
+        return Ok(());
+    }
+    absent.sort();
+    Err(Error::IndexNamesAbsent {
+        index: index_path,
+        names: absent,
+    })
 }
 
 impl Checkpoint {
     /// Opens the safetensors weights of `dir`, renaming every tensor through
     /// `key_map`.
+    ///
+    /// # Errors
+    /// A missing directory or weights, an index naming a missing shard or a
+    /// tensor its shard lacks, a corrupt or truncated header, two names
+    /// mapping to one canonical name; each error names the file.
     pub fn open(dir: impl AsRef<Path>, key_map: &KeyMap) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let index_path = dir.join(INDEX_FILE);
-        let single = dir.join(SINGLE_FILE);
-        let (shards, index) = if index_path.is_file() {
-            let index: Index = read_json(&index_path)?;
-            let shards: BTreeSet<&String> = index.weight_map.values().collect();
-            let shards: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
-            for shard in &shards {
-                if !shard.is_file() {
-                    return Err(Error::ShardMissing {
-                        index: index_path,
-                        shard: shard.clone(),
-                    });
-                }
-            }
-            (shards, Some(index))
-        } else if single.is_file() {
-            (vec![single], None)
-        } else if dir.is_dir() {
-            return Err(Error::NoWeights { dir });
-        } else {
-            return Err(Error::Io {
-                path: dir,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-            });
-        };
-
+        let (shards, index) = weight_files(&dir)?;
         let mut files = Vec::with_capacity(shards.len());
         let mut tensors = BTreeMap::new();
         let mut disk_names: HashMap<String, PathBuf> = HashMap::new();
         for path in shards {
-            let file_index = files.len();
-            let file = File::open(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            // SAFETY: the map is read-only and lives as long as the
-            // checkpoint; tensors copy out of it before they are returned.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            for (disk_name, info) in metadata.tensors() {
-                let canonical = key_map.canonical(&disk_name);
-                let entry = TensorInfo {
-                    disk_name: disk_name.clone(),
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    file: file_index,
-                    start: info.data_offsets.0,
-                    end: info.data_offsets.1,
-                };
+            let mmap = map_file(&path)?;
+            let (data_start, infos) = parse_header(&path, &mmap)?;
+            for mut entry in infos {
+                entry.file = files.len();
+                let canonical = key_map.canonical(&entry.disk_name);
+                disk_names.insert(entry.disk_name.clone(), path.clone());
+                let disk_name = entry.disk_name.clone();
                 if let Some(previous) = tensors.insert(canonical.clone(), entry) {
                     return Err(Error::DuplicateTensor {
                         canonical,
@@ -136,29 +244,15 @@ impl Checkpoint {
                         second: disk_name,
                     });
                 }
-                disk_names.insert(disk_name, path.clone());
             }
             files.push(MappedFile {
                 path,
                 mmap,
-                data_start: 8 + header_len,
+                data_start,
             });
         }
-
-        if let Some(index) = index {
-            let mut absent: Vec<String> = index
-                .weight_map
-                .iter()
-                .filter(|(name, shard)| disk_names.get(*name) != Some(&dir.join(shard)))
-                .map(|(name, _)| name.clone())
-                .collect();
-            if !absent.is_empty() {
-                absent.sort();
-                return Err(Error::IndexNamesAbsent {
-                    index: index_path,
-                    names: absent,
-                });
-            }
+        if let Some((index_path, index)) = index {
+            check_index(&dir, index_path, &index, &disk_names)?;
         }
         Ok(Self {
             dir,

@@ -51,6 +51,15 @@ pub enum Error {
         /// The shard file it names that does not exist.
         shard: PathBuf,
     },
+    /// `model.safetensors.index.json` names a shard by something other than
+    /// a plain file name in the model directory.
+    #[error("{index} names shard `{shard}`, which is not a plain file name in the model directory")]
+    BadShardName {
+        /// The index file.
+        index: PathBuf,
+        /// The shard name as written.
+        shard: String,
+    },
     /// `model.safetensors.index.json` maps tensors to a shard that lacks them.
     #[error("{index} maps {} tensor(s) to shards that do not hold them: {}", names.len(), names.join(", "))]
     IndexNamesAbsent {
@@ -75,6 +84,16 @@ pub enum Error {
         /// The checkpoint directory.
         dir: PathBuf,
         /// One line per problem tensor, naming it and what was expected.
+        problems: Vec<String>,
+    },
+    /// Sizes a config states exceed the [`crate::limits`] or do not match
+    /// the tensors of its checkpoint, all at once (checked before a model
+    /// is built).
+    #[error("sizes in {file} do not fit the limits or the checkpoint:\n{}", problems.join("\n"))]
+    ConfigSizes {
+        /// The config file (`config.json`).
+        file: PathBuf,
+        /// One line per field: its value and the limit or tensor it fails.
         problems: Vec<String>,
     },
     /// A config field has a value the model cannot use.

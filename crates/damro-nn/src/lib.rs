@@ -6,6 +6,8 @@
 //! - [`weights`]: typed, shape-checked weight lookups by path segments
 //!   (`w.pp("layers").pp(3).get("q_proj.weight", &[d, d])`), with missing,
 //!   mismatched and unexpected tensors reported together, once.
+//! - [`limits`]: the sizes a config states, checked against fixed bounds
+//!   and against the checkpoint's tensors before a model is built.
 //! - [`module`]: the fallible [`Module`] trait and the layers every model uses
 //!   (linear, layer norm, RMS norm, embedding, activations).
 //! - [`attention`]: head splitting and libtorch's fused attention.
@@ -18,11 +20,12 @@ pub mod attention;
 pub mod checkpoint;
 mod error;
 pub mod key_map;
+pub mod limits;
 pub mod module;
 pub mod testing;
 pub mod weights;
 
-pub use checkpoint::{Checkpoint, TensorInfo, read_json};
+pub use checkpoint::{Checkpoint, ShardIndex, TensorInfo, read_json};
 pub use error::{Error, Result};
 pub use key_map::KeyMap;
 pub use module::{Activation, Embedding, LayerNorm, Linear, Module, RmsNorm};

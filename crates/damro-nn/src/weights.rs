@@ -101,6 +101,11 @@ impl Weights {
         }
     }
 
+    /// The model directory the checkpoint was opened from.
+    pub fn dir(&self) -> &std::path::Path {
+        self.checkpoint.dir()
+    }
+
     /// The load options.
     pub fn options(&self) -> LoadOptions {
         self.options
@@ -121,6 +126,19 @@ impl Weights {
         self.checkpoint.info(&self.path(name)).is_some()
     }
 
+    /// The integer segments directly below this position that hold tensors:
+    /// `{0, 1, 2}` at `encoder.layers` when `encoder.layers.0.*` to
+    /// `encoder.layers.2.*` exist.
+    pub fn child_indices(&self) -> BTreeSet<u64> {
+        let prefix = self.path("");
+        self.checkpoint
+            .tensors()
+            .filter_map(|(name, _)| name.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.split('.').next())
+            .filter_map(|segment| segment.parse::<u64>().ok())
+            .collect()
+    }
+
     /// The on-disk shape of a tensor, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<i64>> {
         self.checkpoint
@@ -132,9 +150,10 @@ impl Weights {
     /// moved to the load device.
     ///
     /// A missing, mis-shaped or non-float tensor is recorded for
-    /// [`Weights::finish`] and an uninitialised placeholder of the expected
-    /// shape is returned, so loading goes on and reports every problem at
-    /// once; `finish` then fails, so the placeholder is never used.
+    /// [`Weights::finish`] and a placeholder of the expected shape is
+    /// returned (one zero broadcast to that shape, so nothing of that size
+    /// is allocated), so loading goes on and reports every problem at once;
+    /// `finish` then fails, so the placeholder is never used.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         self.get_kind(name, shape, self.options.kind)
     }
@@ -169,7 +188,7 @@ impl Weights {
         state.used.insert(path.clone());
         if let Some(problem) = problem {
             state.problems.push(problem);
-            return Ok(Tensor::f_empty(shape, (kind, Device::Cpu))?);
+            return Ok(Tensor::f_zeros([], (kind, Device::Cpu))?.f_expand(shape, false)?);
         }
         drop(state);
         self.checkpoint.load(&path, Some(kind), self.options.device)

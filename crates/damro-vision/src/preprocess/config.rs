@@ -249,11 +249,9 @@ impl PreprocessorConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        Self::from_json_str(&text).map_err(|e| match e {
-            PreprocessError::ConfigParse(m) => {
-                PreprocessError::ConfigParse(format!("{}: {m}", path.display()))
-            }
-            other => other,
+        Self::from_json_str(&text).map_err(|e| PreprocessError::InConfigFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
         })
     }
 
@@ -267,11 +265,30 @@ impl PreprocessorConfig {
         }
         let proc = dir.join("processor_config.json");
         if proc.is_file() {
-            return Self::from_file(proc);
+            return Self::from_file(&proc).map_err(|e| match e {
+                PreprocessError::InConfigFile { path, error }
+                    if matches!(
+                        *error,
+                        PreprocessError::InvalidConfig {
+                            field: "image_processor_type",
+                            ..
+                        }
+                    ) =>
+                {
+                    PreprocessError::Io {
+                        path: pre,
+                        message: format!(
+                            "no such file, and {} holds no image processor to use instead",
+                            path.display()
+                        ),
+                    }
+                }
+                other => other,
+            });
         }
         Err(PreprocessError::Io {
             path: pre,
-            message: "neither preprocessor_config.json nor processor_config.json exists".into(),
+            message: "no such file (nor a processor_config.json with an image processor)".into(),
         })
     }
 }

@@ -160,6 +160,14 @@ pub enum PreprocessError {
         /// What is wrong with its value and what was expected.
         message: String,
     },
+    /// A problem in a config file, with the file named.
+    #[error("{}: {error}", path.display())]
+    InConfigFile {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong in it.
+        error: Box<PreprocessError>,
+    },
     /// An `image_processor_type` other than CLIP, LLaVA or BLIP.
     #[error("unsupported image_processor_type {0}")]
     UnsupportedProcessor(String),
