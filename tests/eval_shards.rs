@@ -206,7 +206,7 @@ fn shard_errors_name_the_problem() {
     ]);
     shard_run(&answers)
         .run_env(&[("JOB_COMPLETION_INDEX", "0")])
-        .fails_with(&["--shard auto"]);
+        .fails_with(&["JOB_COMPLETION_INDEX", "--shard-count"]);
     shard_run(&answers)
         .run_env(&[
             ("SLURM_ARRAY_TASK_ID", "x1"),

@@ -97,5 +97,26 @@ fn main() -> ExitCode {
         Command::MmeMerge(args) => mme::merge(args),
         Command::Compare(args) => compare::run(args),
     };
-    cli::exit_code(result)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `error: ` and the chain of causes, one per line, leaving out a
+/// cause whose text the line before already shows (the library's messages
+/// often include their source).
+fn print_error(err: &anyhow::Error) {
+    let mut shown = err.to_string();
+    eprintln!("error: {shown}");
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        shown = text;
+    }
 }

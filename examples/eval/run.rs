@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use damro::llm::PromptTemplate;
 use damro::{AutoDecoder, Benchmark, GenerationConfig, ImageSource, Mode, Request, generate};
 use damro_eval::runner::{self, Job};
-use damro_eval::{BarProgress, RunOptions, RunSettings, RunSummary, Shard, ShardSpec};
+use damro_eval::{
+    BarProgress, RunOptions, RunSettings, RunSummary, Shard, ShardEnvError, ShardSpec,
+};
 
 use crate::cli;
 use crate::files;
@@ -80,6 +82,17 @@ pub struct RunFlags {
     pub log: Option<PathBuf>,
 }
 
+/// The library's `--shard auto` error in this command's words (its count
+/// flag is `--shard-count`).
+fn shard_env_error(err: damro_eval::Error) -> anyhow::Error {
+    match err {
+        damro_eval::Error::ShardEnv(ShardEnvError::MissingCount { index_var }) => anyhow::anyhow!(
+            "--shard auto: `{index_var}` is set but the shard count is not: pass --shard-count N or set DAMRO_SHARD_COUNT"
+        ),
+        other => other.into(),
+    }
+}
+
 /// A text flag's value as UTF-8 (clap's own message for other bytes does
 /// not name the flag).
 pub fn utf8(value: std::ffi::OsString) -> Result<String, String> {
@@ -114,7 +127,9 @@ impl RunFlags {
         let count = self.shard_count.map(|n| n as usize);
         let shard = match self.shard {
             None => Shard::ALL,
-            Some(spec) => spec.resolve(|k| std::env::var(k).ok(), count)?,
+            Some(spec) => spec
+                .resolve(|k| std::env::var(k).ok(), count)
+                .map_err(shard_env_error)?,
         };
         if let (Some(ShardSpec::Fixed(s)), Some(n)) = (self.shard, count)
             && s.count() != n
