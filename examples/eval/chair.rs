@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use clap::builder::{OsStringValueParser, TypedValueParser};
 use damro::Benchmark;
 use damro_eval::chair::{self, ChairEvaluator, GroundTruth};
 use damro_eval::runner::{self, Job};
@@ -35,7 +34,7 @@ pub struct RunArgs {
     #[arg(long)]
     num_images: Option<usize>,
     /// The prompt.
-    #[arg(long, default_value = CHAIR_PROMPT, value_parser = OsStringValueParser::new().try_map(run::utf8))]
+    #[arg(long, default_value = CHAIR_PROMPT, value_parser = crate::cli::utf8_text())]
     prompt: String,
     #[command(flatten)]
     run: RunFlags,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use clap::builder::{OsStringValueParser, TypedValueParser};
 use damro_eval::compare::{compare_mme_files, compare_pope_files};
 use damro_eval::pope::score::PopeRule;
 
@@ -27,7 +26,7 @@ pub struct CompareArgs {
     answers: Vec<PathBuf>,
     /// A column title per answers file, in order [default: the file
     /// names].
-    #[arg(long, value_parser = OsStringValueParser::new().try_map(crate::run::utf8))]
+    #[arg(long, value_parser = crate::cli::utf8_text())]
     name: Vec<String>,
     /// The POPE answer rule: damro (the authors') or pope.
     #[arg(long, default_value = "damro")]

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use damro::llm::PromptTemplate;
 use damro::{AutoDecoder, Benchmark, GenerationConfig, ImageSource, Mode, Request, generate};
@@ -75,7 +74,7 @@ pub struct RunFlags {
     pub limit: Option<usize>,
     /// Written to every record's `model_id` [default: the --model folder's
     /// name].
-    #[arg(long, value_parser = OsStringValueParser::new().try_map(utf8))]
+    #[arg(long, value_parser = cli::utf8_text())]
     pub model_id: Option<String>,
     /// Also append warnings and bad records to this file.
     #[arg(long, value_name = "FILE")]
@@ -91,14 +90,6 @@ fn shard_env_error(err: damro_eval::Error) -> anyhow::Error {
         ),
         other => other.into(),
     }
-}
-
-/// A text flag's value as UTF-8 (clap's own message for other bytes does
-/// not name the flag).
-pub fn utf8(value: std::ffi::OsString) -> Result<String, String> {
-    value
-        .into_string()
-        .map_err(|v| format!("{v:?} is not UTF-8 text"))
 }
 
 /// The default seed when neither --seed nor --greedy is given (the
