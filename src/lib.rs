@@ -33,7 +33,8 @@ pub use damro_core::{
     VcdNoise, VcdSettings, VisualTokens, analysis, cuda, generate, generate_streaming, views,
 };
 pub use damro_models::{
-    AutoDecoder, Benchmark, Indexing, InstructBlipDecoder, LlavaDecoder, loading,
+    AutoDecoder, Benchmark, Indexing, InstructBlipDecoder, LlavaDecoder, LlavaNextDecoder,
+    TileHeatmap, loading,
 };
 
 pub use damro_core as core;

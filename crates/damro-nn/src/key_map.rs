@@ -34,6 +34,8 @@ impl KeyMap {
                 ),
                 ("model.vision_tower.", "vision_tower.vision_model."),
                 ("model.multi_modal_projector.", "multi_modal_projector."),
+                // LLaVA-NeXT's row separator, in memory under `model.`
+                ("model.image_newline", "image_newline"),
                 ("lm_head.", "language_model.lm_head."),
                 // hub names stay as they are
                 ("language_model.model.", "language_model.model."),
@@ -74,6 +76,8 @@ mod tests {
                 "language_model.model.layers.0.self_attn.q_proj.weight",
             ),
             ("lm_head.weight", "language_model.lm_head.weight"),
+            ("model.image_newline", "image_newline"),
+            ("image_newline", "image_newline"),
             (
                 "language_model.lm_head.weight",
                 "language_model.lm_head.weight",
