@@ -96,6 +96,25 @@ pub fn raw_attention_note(decoder: &AutoDecoder) -> String {
     }
 }
 
+/// Checks that the generation carries one attention map per token (a
+/// model whose adapter does not say where its image tokens are records
+/// none).
+pub fn check_attention(decoder: &AutoDecoder, generation: &Generation) -> Result<()> {
+    let (maps, tokens) = (generation.attention.len(), generation.token_ids.len());
+    if maps == 0 && tokens > 0 {
+        anyhow::bail!(
+            "the {} model recorded no decoder attention over its image tokens (its adapter's \
+             DamroDecoder::analysis_inputs gives no image span)",
+            decoder.family()
+        );
+    }
+    anyhow::ensure!(
+        maps == tokens,
+        "{maps} attention maps for {tokens} generated tokens"
+    );
+    Ok(())
+}
+
 /// The text each generated token adds.
 pub fn pieces(decoder: &AutoDecoder, token_ids: &[i64]) -> Result<Vec<String>> {
     incremental_pieces(token_ids.len(), |n| decoder.decode(&token_ids[..n]))
@@ -110,6 +129,7 @@ pub fn analysis_record(
     capture: &CaptureArgs,
     mut record: CaptionAnalysis,
 ) -> Result<CaptionAnalysis> {
+    check_attention(decoder, generation)?;
     let pieces = pieces(decoder, &generation.token_ids)?;
     record.caption = generation.text.clone();
     if generation.cls_attention.is_some() {
@@ -120,12 +140,6 @@ pub fn analysis_record(
             record.push_token(*id, TokenRecord::overlap(piece, m.overlap, m.influence));
         }
     } else {
-        anyhow::ensure!(
-            generation.attention.len() == generation.token_ids.len(),
-            "{} attention maps for {} generated tokens",
-            generation.attention.len(),
-            generation.token_ids.len()
-        );
         record.measures = Measures::RawAttention;
         record.note = Some(raw_attention_note(decoder));
         for ((piece, id), map) in pieces

@@ -167,6 +167,7 @@ pub fn heatmap(args: HeatmapArgs) -> Result<()> {
         );
     }
     let generation = caption(&args, &decoder)?;
+    capture::check_attention(&decoder, &generation)?;
     let Some(cls) = generation.cls_attention.as_deref() else {
         bail!("{}", capture::raw_attention_note(&decoder));
     };
