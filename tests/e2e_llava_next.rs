@@ -500,3 +500,43 @@ fn the_generate_example_prints_the_reference_tokens() {
     }
     assert!(ran >= 10, "{ran} cases through the example");
 }
+
+/// The analysis on LLaVA-NeXT: the captured maps cover the base tile's 576
+/// tokens (which open the packed image part), its [CLS] scores equal the
+/// reference's base-tile scores, and the tokens stay the plain case's.
+#[test]
+fn analysis_covers_the_base_tile() {
+    let fx = Fixture::load();
+    let decoder = LlavaNextDecoder::load(fx.model_dir(), options()).unwrap();
+    let case = fx
+        .cases()
+        .iter()
+        .find(|c| {
+            c["mode"] == "plain" && c["decoding"] == "greedy" && c["layout"] == "transformers_4_43"
+        })
+        .unwrap();
+    let image = case["image"].as_str().unwrap();
+    let mut config = config(case, BranchExecution::Batched);
+    config.attention = Some(damro::AttentionCapture::default());
+    let request = fx.request(case, ImageSource::File(fx.png(image)));
+    let out = generate(&decoder, &[request], &config).unwrap();
+    let g = &out[0];
+    assert_eq!(g.token_ids, ids(&case["generated_ids"]), "{}", case["name"]);
+    assert_eq!(g.attention.len(), g.token_ids.len());
+    assert!(g.attention.iter().all(|m| m.len() == 576));
+    let cls = Tensor::from_slice(g.cls_attention.as_ref().unwrap());
+    let want = fx
+        .tensor(&format!("vision/cls_attention/{image}"))
+        .get(0)
+        .to_kind(tch::Kind::Float);
+    // Softmax scores of ~1/577: bounded relative to their peak.
+    let peak = want.abs().max().double_value(&[]);
+    let err = (&cls - &want).abs().max().double_value(&[]);
+    assert!(
+        err <= 1e-4 * peak,
+        "base-tile [CLS]: {err:e} vs peak {peak:e}"
+    );
+    let metrics = damro::analysis::token_metrics(g, 10, 3).unwrap();
+    assert_eq!(metrics.len(), g.token_ids.len());
+    assert!(metrics.iter().all(|m| (0.0..=1.0).contains(&m.influence)));
+}

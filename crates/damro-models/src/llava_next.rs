@@ -21,8 +21,8 @@
 use std::path::Path;
 
 use damro_core::{
-    Branch, Branches, ContrastTokens, DamroDecoder, Error, ImageSource, LanguageModel,
-    ModelOptions, Request, Result, SecondImage, VisualTokens,
+    AnalysisInputs, Branch, Branches, ContrastTokens, DamroDecoder, Error, ImageSource,
+    LanguageModel, ModelOptions, Request, Result, SecondImage, VisualTokens,
 };
 use damro_llm::{Llama, LlamaTokenizer};
 use damro_nn::KeyMap;
@@ -277,6 +277,27 @@ impl DamroDecoder for LlavaNextDecoder {
 
     fn decode(&self, new_ids: &[i64]) -> Result<String> {
         Ok(self.tokenizer.decode(&to_u32(new_ids)?)?.trim().to_string())
+    }
+
+    /// The base tile's 576 tokens open the packed image part, in patch
+    /// order, so the analysis compares them with the base tile's \[CLS\]
+    /// scores (recomputed here); the grid tiles and newlines are not part of
+    /// the span.
+    fn analysis_inputs(
+        &self,
+        request: &Request,
+        branches: &Branches<()>,
+    ) -> Result<Option<AnalysisInputs>> {
+        let at = placeholder_position(&branches.prompt_ids, self.image_token_id())?;
+        let (pixels, _) = self.tile_pixels(&request.image)?;
+        let cls = self
+            .cls_attention_of(&pixels.f_narrow(0, 0, 1)?)?
+            .f_flatten(0, -1)?;
+        let patches = cls.size().first().copied().unwrap_or(0) as usize;
+        Ok(Some(AnalysisInputs {
+            image_span: at..at + patches,
+            cls_attention: Some(cls),
+        }))
     }
 
     fn context_length(&self) -> Option<usize> {
