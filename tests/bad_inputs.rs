@@ -519,6 +519,26 @@ fn instructblip_query_tokens_that_do_not_match() {
     ]);
 }
 
+#[test]
+fn llava_next_sizes_are_checked_too() {
+    let model = Model::llava_next();
+    model.set_config("/text_config/num_hidden_layers", json!(1_000_000_000));
+    let needles = [
+        "config.json",
+        "`text_config.num_hidden_layers` = 1000000000",
+        "limit",
+    ];
+    generate_on(model.path(), &image(), &[]).fails_with(&needles);
+    model.set_config("/text_config/num_hidden_layers", json!(2));
+    model.set_config("/text_config/hidden_size", json!(32));
+    let needles = [
+        "config.json",
+        "`text_config.hidden_size` = 32",
+        "embed_tokens",
+    ];
+    generate_on(model.path(), &image(), &[]).fails_with(&needles);
+}
+
 // ---- tokenizers and cross-checks ------------------------------------------
 
 #[test]

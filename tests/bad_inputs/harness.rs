@@ -180,6 +180,11 @@ impl Model {
         Self::copy("instructblip/models/hub")
     }
 
+    /// The tiny LLaVA-NeXT (hub layout, anyres tiles).
+    pub fn llava_next() -> Self {
+        Self::copy("llava_next/models/hub")
+    }
+
     fn copy(from: &str) -> Self {
         let dir = TempDir::new().expect("temp dir");
         copy_dir(&fixture(from), dir.path());

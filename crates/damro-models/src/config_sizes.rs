@@ -19,7 +19,8 @@ use damro_llm::LlamaConfig;
 use damro_nn::Weights;
 use damro_nn::limits::{self, SizeCheck, field_name};
 use damro_vision::{
-    ClipVisionConfig, EvaVisionConfig, InstructBlipConfig, LlavaConfig, QFormerConfig,
+    ClipVisionConfig, EvaVisionConfig, InstructBlipConfig, LlavaConfig, LlavaNextConfig,
+    QFormerConfig,
 };
 
 /// `` `field` = value ``, the way a claim names its source.
@@ -303,6 +304,30 @@ pub fn check_llava(
         check.dim(&projector, "linear_1.weight", 0, &out, p.out_dim);
         check.dim(&projector, "linear_2.weight", 0, &out, p.out_dim);
     }
+    Ok(check.finish()?)
+}
+
+/// A LLaVA-NeXT directory's `config.json`: the LLaVA part as
+/// [`check_llava`], plus `image_newline` (one row of the text width).
+///
+/// # Errors
+/// [`damro_nn::Error::ConfigSizes`] listing every problem.
+pub fn check_llava_next(
+    dir: &Path,
+    root: &Weights,
+    config: &LlavaNextConfig,
+    text: &LlamaConfig,
+) -> Result<()> {
+    check_llava(dir, root, &config.llava, text)?;
+    let mut check = SizeCheck::new(dir.join("config.json"));
+    let out = config.llava.projector.out_dim;
+    check.dim(
+        root,
+        "image_newline",
+        0,
+        claim("text_config.hidden_size", out),
+        out,
+    );
     Ok(check.finish()?)
 }
 

@@ -31,9 +31,10 @@ use damro_vision::preprocess::{LlavaNextImageProcessor, LlavaNextPreprocessorCon
 use damro_vision::{LlavaNextConfig, LlavaNextImageFeatures, LlavaNextVision};
 use tch::Tensor;
 
+use crate::config_sizes::check_llava_next;
 use crate::loading::{
-    check_image_token, eos_stop_ids, load_language_model, open_weights, placeholder_position,
-    require_cls, splice_at, to_i64, to_u32,
+    check_image_token, eos_stop_ids, in_config_json, language_config, load_language_model,
+    open_weights, placeholder_position, require_cls, splice_at, to_i64, to_u32,
 };
 use crate::unsupported_view;
 
@@ -61,7 +62,9 @@ impl LlavaNextDecoder {
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let root = open_weights(dir, &KeyMap::llava(), &options)?;
-        let config = LlavaNextConfig::from_dir(dir)?;
+        let config = in_config_json(dir, LlavaNextConfig::from_dir(dir))?;
+        let text = language_config(dir, &root, &config.llava.text_config)?;
+        check_llava_next(dir, &root, &config, &text)?;
         let vision = LlavaNextVision::load_from(&root, &config)?;
         let llm = load_language_model(&root, &config.llava.text_config)?;
         root.finish()?;

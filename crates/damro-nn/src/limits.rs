@@ -129,7 +129,7 @@ impl SizeCheck {
         let where_ = where_.trim_end_matches('.');
         if !contiguous {
             self.problems.push(format!(
-                "the checkpoint's layers under {where_} are not numbered 0..{count}: {present:?}"
+                "the checkpoint's layers under {where_} are not numbered from 0 without gaps: {present:?}"
             ));
         } else if count > value || count < needed {
             self.problems.push(format!(
