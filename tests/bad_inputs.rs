@@ -1,7 +1,7 @@
-//! The bad-input suite: the `generate` and `outliers` commands run as a user
-//! runs them (the built example binaries), each on one broken input —
-//! argument bytes, flags, images, checkpoints, configs, tokenizers,
-//! prompts. Every case must fail cleanly: a non-zero exit, a message that
+//! The bad-input suite: the `generate`, `outliers` and `eval` commands run
+//! as a user runs them (the built example binaries), each on one broken
+//! input — argument bytes, flags, images, checkpoints, configs, tokenizers,
+//! prompts, evaluation files. Every case must fail cleanly: a non-zero exit, a message that
 //! names the problem and the file or flag, no panic, no libtorch exception
 //! dump, no backtrace, no file left behind, within a time limit (see
 //! `bad_inputs/harness.rs`). Broken models are copies of the tiny fixture
@@ -605,4 +605,71 @@ fn preprocessor_config_with_a_bad_field() {
     let model = Model::llava();
     model.edit_json("preprocessor_config.json", |v| v["resample"] = json!(2));
     generate_on(model.path(), &image(), &[]).fails_with(&["preprocessor_config.json", "resample"]);
+}
+
+// ---- eval: a run that cannot start writes nothing --------------------------
+
+/// A one-question POPE file in a temp dir; answers go to the command's
+/// working directory (a relative path), so anything written is caught.
+fn pope_args(model: &std::path::Path, extra: &[&str]) -> (TempDir, Vec<OsString>) {
+    let tmp = TempDir::new().unwrap();
+    let questions = tmp.path().join("questions.jsonl");
+    let line = r#"{"question_id": 1, "image": "small_grey.png", "text": "Is there a dog?", "label": "yes"}"#;
+    std::fs::write(&questions, format!("{line}\n")).unwrap();
+    let mut args: Vec<OsString> = vec!["pope-run".into(), "--questions".into(), questions.into()];
+    args.extend([
+        "--images".into(),
+        fixture("images").into(),
+        "--answers".into(),
+        "answers.jsonl".into(),
+    ]);
+    args.extend([
+        "--model".into(),
+        model.into(),
+        "--max-new-tokens".into(),
+        "2".into(),
+    ]);
+    if !extra.iter().any(|a| a.starts_with("--device")) {
+        args.extend(["--device".into(), "cpu".into()]);
+    }
+    args.extend(extra.iter().map(OsString::from));
+    (tmp, args)
+}
+
+#[test]
+fn eval_with_a_broken_model_writes_no_answers() {
+    let model = Model::llava();
+    model.set_config("/text_config/num_hidden_layers", json!(1_000_000_000));
+    let (_tmp, args) = pope_args(model.path(), &[]);
+    run("eval", args).fails_with(&["config.json", "text_config.num_hidden_layers"]);
+}
+
+#[test]
+fn eval_flags_are_checked() {
+    let (_tmp, args) = pope_args(&llava(), &["--bogus"]);
+    run("eval", args).fails_with(&["--bogus"]);
+    let (_tmp, args) = pope_args(&llava(), &["--beta", "2"]);
+    run("eval", args).fails_with(&["beta"]);
+    if !damro::cuda::cuda_if_available().is_cuda() {
+        let (_tmp, args) = pope_args(&llava(), &["--device", "cuda"]);
+        run("eval", args).fails_with(&["--device", "cuda:0"]);
+    }
+}
+
+#[test]
+fn eval_questions_that_are_empty_or_binary_or_imageless() {
+    let (tmp, mut args) = pope_args(&llava(), &[]);
+    std::fs::write(tmp.path().join("questions.jsonl"), b"").unwrap();
+    run("eval", args.clone()).fails_with(&["questions.jsonl", "no usable POPE question"]);
+    std::fs::write(
+        tmp.path().join("questions.jsonl"),
+        [0xffu8, 0xfe, 0x00, 0x9c, b'\n'],
+    )
+    .unwrap();
+    run("eval", args.clone()).fails_with(&["questions.jsonl"]);
+    let at = args.iter().position(|a| a == "--images").unwrap();
+    args[at + 1] = tmp.path().join("no-such-folder").into();
+    let line = r#"{"question_id": 1, "image": "small_grey.png", "text": "Is there a dog?", "label": "yes"}"#;
+    std::fs::write(tmp.path().join("questions.jsonl"), format!("{line}\n")).unwrap();
+    run("eval", args).fails_with(&["no-such-folder", "nothing answered"]);
 }
