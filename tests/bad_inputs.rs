@@ -1,11 +1,12 @@
 //! The bad-input suite: the `generate`, `outliers` and `eval` commands run
 //! as a user runs them (the built example binaries), each on one broken
 //! input — argument bytes, flags, images, checkpoints, configs, tokenizers,
-//! prompts, evaluation files. Every case must fail cleanly: a non-zero exit, a message that
-//! names the problem and the file or flag, no panic, no libtorch exception
-//! dump, no backtrace, no file left behind, within a time limit (see
-//! `bad_inputs/harness.rs`). Broken models are copies of the tiny fixture
-//! models with one thing changed.
+//! prompts, evaluation files. Every case must fail cleanly: a non-zero
+//! exit, a message that names the problem and the file or flag, no panic,
+//! no libtorch exception dump, no backtrace, no file left behind, within a
+//! time limit (see `bad_inputs/harness.rs`). Broken models are copies of
+//! the tiny fixture models with one thing changed. `BAD_INPUTS_SHOW=1`
+//! (with `--nocapture`) prints every message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "bad_inputs/harness.rs"]
