@@ -86,11 +86,20 @@ fn run(args: Args) -> Result<()> {
         let stream = !args.json && args.mode != RunMode::Both;
         let out = if stream {
             use std::io::Write;
-            print!("[{name}] ");
+            let mut started = false;
             let out = generate_streaming(&decoder, &[request], &config, &mut |event| {
+                if !started {
+                    // The prefix only once a token exists: a failed run
+                    // prints nothing on stdout.
+                    print!("[{name}] ");
+                    started = true;
+                }
                 print!("{}", event.text_delta);
                 let _ = std::io::stdout().flush();
             })?;
+            if !started {
+                print!("[{name}] ");
+            }
             println!();
             out
         } else {

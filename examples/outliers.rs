@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, value_name = "PNG")]
     out: PathBuf,
     /// Outliers to outline [default: the model's preset].
-    #[arg(long)]
+    #[arg(long, value_parser = cli::positive)]
     top_k: Option<usize>,
     /// One heatmap per tile the ViT sees, written to `<stem>_tile<i>.png`
     /// beside --out (LLaVA-NeXT: tile 0 is the base tile, then the grid

@@ -226,7 +226,7 @@ fn nothing_in(dir: &std::path::Path) {
 fn outliers_top_k_out_of_range() {
     let tmp = TempDir::new().unwrap();
     let out = tmp.path().join("heat.png");
-    outliers(&llava(), &image(), &out, &["--top-k", "0"]).fails_with(&["k = 0"]);
+    outliers(&llava(), &image(), &out, &["--top-k", "0"]).fails_with(&["--top-k", "at least 1"]);
     outliers(&llava(), &image(), &out, &["--top-k", "100000"]).fails_with(&["k = 100000", "576"]);
     nothing_in(tmp.path());
 }

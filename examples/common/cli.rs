@@ -51,6 +51,16 @@ pub fn utf8_text() -> impl clap::builder::TypedValueParser<Value = String> {
     })
 }
 
+/// A count of at least 1 (e.g. `--top-k`): clap then names the flag in
+/// the error.
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{text}`: {e}")),
+    }
+}
+
 /// `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(text: &str) -> Result<Device, String> {
     match text {
@@ -182,7 +192,7 @@ pub struct ContrastArgs {
     #[arg(long)]
     pub beta: Option<f64>,
     /// DAMRO's number of outlier tokens [default: the preset's].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub top_k: Option<usize>,
     /// VCD's diffusion step (0..1000).
     #[arg(long, default_value_t = 500)]

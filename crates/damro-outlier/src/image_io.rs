@@ -42,12 +42,14 @@ pub fn save_png_atomic(image: &RgbImage, path: &Path) -> Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let tmp: PathBuf = path.with_file_name(tmp_name);
+    // Errors name the destination the caller asked for, not the
+    // temporary file next to it.
     let written = (|| {
         let file = File::options()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| io_err(&tmp, e))?;
+            .map_err(|e| io_err(path, e))?;
         let mut writer = BufWriter::new(file);
         PngEncoder::new(&mut writer)
             .write_image(
@@ -57,14 +59,14 @@ pub fn save_png_atomic(image: &RgbImage, path: &Path) -> Result<()> {
                 ExtendedColorType::Rgb8,
             )
             .map_err(|source| Error::Image {
-                path: tmp.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
-        writer.flush().map_err(|e| io_err(&tmp, e))?;
+        writer.flush().map_err(|e| io_err(path, e))?;
         let file = writer
             .into_inner()
-            .map_err(|e| io_err(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| io_err(&tmp, e))?;
+            .map_err(|e| io_err(path, e.into_error()))?;
+        file.sync_all().map_err(|e| io_err(path, e))?;
         fs::rename(&tmp, path).map_err(|e| io_err(path, e))
     })();
     if written.is_err() {
