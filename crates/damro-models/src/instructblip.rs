@@ -4,10 +4,10 @@
 //! Both DAMRO branches run the Q-Former with the same query tokens and the same
 //! instruction text; the full branch over all 257 image tokens, the outlier
 //! branch over the k tokens gathered at the top-k patches by DAMRO's
-//! head-averaged [CLS] attention of encoder layer −2. By default the
+//! head-averaged `[CLS]` attention of encoder layer −2. By default the
 //! tokens are gathered as the reference does ([`Indexing::Reference`]: one
 //! position before each outlier, because the vision output still holds
-//! [CLS] at row 0), which is what the published numbers used;
+//! `[CLS]` at row 0), which is what the published numbers used;
 //! [`Indexing::Corrected`] gathers the outlier patches themselves.
 //!
 //! Output follows the reference too: the new tokens are decoded after a
@@ -44,7 +44,7 @@ use crate::unsupported_view;
 #[non_exhaustive]
 pub enum Indexing {
     /// `image_embeds[:, idx]`, as the reference code gathers (the token one
-    /// before each outlier patch; patch 0 maps to [CLS]).
+    /// before each outlier patch; patch 0 maps to `[CLS]`).
     #[default]
     Reference,
     /// `image_embeds[:, idx + 1]`: the outlier patches themselves.
@@ -136,7 +136,7 @@ impl InstructBlipDecoder {
         &self.options
     }
 
-    /// DAMRO's [CLS] scores `[1, 256]` (f32) of preprocessed pixels
+    /// DAMRO's `[CLS]` scores `[1, 256]` (f32) of preprocessed pixels
     /// `[1, 3, 224, 224]` on the model's device and dtype.
     ///
     /// # Errors

@@ -9,7 +9,9 @@
 //! it (`damro-core`, `damro-llm`, `damro-vision`, `damro-outlier`,
 //! `damro-nn`): the adapters are clients of the extension point like any
 //! model outside this workspace, and the parts they are assembled from are
-//! public in [`loading`].
+//! public in [`loading`]. Above it: the `damro` facade re-exports it with
+//! the rest, and `damro-eval`'s runs (the examples' `eval` command) call
+//! these decoders.
 //!
 //! ```no_run
 //! use damro_core::{DamroSettings, GenerationConfig, ImageSource, Mode, ModelOptions, Request, generate};
@@ -23,6 +25,8 @@
 //! println!("{}", out[0].text);
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod auto;
 pub mod config_sizes;

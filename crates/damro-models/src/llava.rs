@@ -3,7 +3,7 @@
 //!
 //! Full branch: the prompt's one `<image>` id replaced by the 576 projected
 //! patch features of `hidden_states[-2]`. DAMRO's branch: replaced by the
-//! projected features of the top-k patches by DAMRO's full-width [CLS]
+//! projected features of the top-k patches by DAMRO's full-width `[CLS]`
 //! score of encoder layer −2, in descending-score order. The ViT runs once
 //! per image for both. VCD's branch runs the same path on noised pixels;
 //! the no-image branch drops the placeholder.
@@ -109,7 +109,7 @@ impl LlavaDecoder {
         &self.options
     }
 
-    /// DAMRO's [CLS] scores `[1, 576]` (f32) of preprocessed pixels
+    /// DAMRO's `[CLS]` scores `[1, 576]` (f32) of preprocessed pixels
     /// `[1, 3, 336, 336]` on the model's device and dtype.
     ///
     /// # Errors

@@ -188,7 +188,7 @@ pub fn to_u32(ids: &[i64]) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// The [CLS] scores a vision tower returned, or the error saying it was
+/// The `[CLS]` scores a vision tower returned, or the error saying it was
 /// configured without them.
 ///
 /// # Errors
