@@ -21,6 +21,7 @@ pub mod checkpoint;
 mod error;
 pub mod key_map;
 pub mod limits;
+pub mod linear_kernel;
 pub mod module;
 pub mod testing;
 pub mod weights;

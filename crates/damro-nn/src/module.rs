@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
+pub use crate::linear_kernel::SMALL_BATCH_ROWS;
+use crate::linear_kernel::{LinearKey, small_batch_linear};
 use crate::{Result, Weights};
 
 /// A layer with one tensor in and one tensor out. Unlike
@@ -19,7 +21,9 @@ pub trait Module {
 /// `y = x Wᵀ + b` (`torch.nn.Linear`).
 #[derive(Debug)]
 pub struct Linear {
+    /// `[out, in]`.
     pub weight: Tensor,
+    /// `[out]`, when the layer has one.
     pub bias: Option<Tensor>,
 }
 
@@ -36,44 +40,53 @@ impl Linear {
     }
 }
 
-/// Up to this many input rows, [`Linear`] computes `(W xᵀ)ᵀ` instead of
-/// `x Wᵀ`.
-///
-/// Decoding steps feed a handful of rows (one per branch and request). For
-/// so few rows libtorch's `linear` (`x Wᵀ`, a GEMM with a transposed, tall
-/// right operand) is slow on CPU BLAS: with MKL on 2 cores, 2 rows cost
-/// 2x one row for a 2048x768 weight and 2x for a 32000x768 head, while
-/// `W xᵀ` costs about 1.4x and 0.7x. Batching DAMRO's two branches into one
-/// forward only pays off with this path. One row keeps `linear` (a GEMV);
-/// so do other dtypes and devices (CPU half-precision GEMMs accumulate
-/// differently, and GPU BLAS has no such gap).
-pub const SMALL_BATCH_ROWS: i64 = 16;
+impl Linear {
+    /// The calibration key of a call on `rows` rows, when such a call is
+    /// tuned (f32 weight on the CPU, 1 to [`SMALL_BATCH_ROWS`] rows; see
+    /// [`crate::linear_kernel`]).
+    pub fn small_batch_key(&self, rows: i64) -> Option<LinearKey> {
+        let [out_dim, in_dim] = self.weight.size()[..] else {
+            return None;
+        };
+        let tuned = self.weight.device() == tch::Device::Cpu
+            && self.weight.kind() == Kind::Float
+            && (1..=SMALL_BATCH_ROWS).contains(&rows);
+        tuned.then(|| LinearKey {
+            out_dim,
+            in_dim,
+            rows,
+            bias: self.bias.is_some(),
+            kind: Kind::Float,
+            device: tch::Device::Cpu,
+            threads: tch::get_num_threads(),
+        })
+    }
+}
 
 impl Module for Linear {
+    /// `linear`, except for the few rows of a decoding step inside
+    /// [`crate::linear_kernel::with_tuned_kernels`]: f32 on the CPU with 1
+    /// to [`SMALL_BATCH_ROWS`] rows then takes the kernel calibrated for
+    /// this machine.
+    ///
     /// # Shapes
     /// `[.., in]` → `[.., out]`
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let size = xs.size();
         let rows: i64 = size.iter().rev().skip(1).product();
-        let (out_dim, in_dim) = match self.weight.size()[..] {
-            [o, i] => (o, i),
-            _ => return Ok(xs.f_linear(&self.weight, self.bias.as_ref())?),
-        };
-        let cpu_f32 = xs.device() == tch::Device::Cpu && xs.kind() == Kind::Float;
-        if !cpu_f32 || !(2..=SMALL_BATCH_ROWS).contains(&rows) || size.last() != Some(&in_dim) {
+        let key = self.small_batch_key(rows).filter(|k| {
+            xs.device() == tch::Device::Cpu
+                && xs.kind() == Kind::Float
+                && size.last() == Some(&k.in_dim)
+        });
+        let Some(key) = key else {
             return Ok(xs.f_linear(&self.weight, self.bias.as_ref())?);
-        }
-        let x = xs.f_reshape([rows, in_dim])?;
-        let mut y = self
-            .weight
-            .f_matmul(&x.f_transpose(0, 1)?)?
-            .f_transpose(0, 1)?;
-        if let Some(bias) = &self.bias {
-            y = y.f_add(bias)?;
-        }
+        };
+        let x = xs.f_reshape([rows, key.in_dim])?;
+        let y = small_batch_linear(&x, &self.weight, self.bias.as_ref(), key)?;
         let mut shape = size;
         if let Some(last) = shape.last_mut() {
-            *last = out_dim;
+            *last = key.out_dim;
         }
         Ok(y.f_reshape(&shape)?)
     }
@@ -82,8 +95,12 @@ impl Module for Linear {
 /// `torch.nn.LayerNorm` over the last dimension, with weight and bias.
 #[derive(Debug)]
 pub struct LayerNorm {
+    /// Scale, `[dim]`.
     pub weight: Tensor,
+    /// Shift, `[dim]`.
     pub bias: Tensor,
+    /// Added to the variance before the square root (a config's
+    /// `layer_norm_eps`).
     pub eps: f64,
 }
 
@@ -109,7 +126,9 @@ impl Module for LayerNorm {
 /// (`weight * (x * rsqrt(mean(x²) + eps)).to(dtype)`, as HF computes it).
 #[derive(Debug)]
 pub struct RmsNorm {
+    /// Scale, `[dim]`.
     pub weight: Tensor,
+    /// Added to the mean square before the square root (`rms_norm_eps`).
     pub eps: f64,
 }
 
@@ -138,6 +157,7 @@ impl Module for RmsNorm {
 /// A lookup table of `[vocab, dim]` rows.
 #[derive(Debug)]
 pub struct Embedding {
+    /// The table, `[vocab, dim]`.
     pub weight: Tensor,
 }
 
