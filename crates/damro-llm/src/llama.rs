@@ -14,7 +14,7 @@
 use damro_nn::attention::{
     AttentionImpl, AttentionOptions, attention_with, merge_heads, split_heads,
 };
-use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights};
+use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights, linear_kernel};
 use tch::{Kind, Tensor};
 
 use crate::capture::{AttentionCapture, CapturedAttention, Recorder, attention_with_weights};
@@ -159,9 +159,52 @@ impl Attention {
             scale: Some(self.scale),
             gqa: self.heads != self.kv_heads,
         };
-        let out = attention_with(ctx.implementation, &q, &k, &v, opts)?;
+        let out = match ctx.row_starts {
+            Some(first) => attend_rows(ctx.implementation, &q, &k, &v, first, opts)?,
+            None => attention_with(ctx.implementation, &q, &k, &v, opts)?,
+        };
         Ok(self.o_proj.forward(&merge_heads(&out)?)?)
     }
+}
+
+/// Attention of a left-padded decode step one row at a time, each row over
+/// its own run of real keys `first[row]..` (no mask). On the CPU attention
+/// at one query per row streams the cached keys and values from memory, so
+/// skipping a short row's padding (DAMRO's outlier branch: ~570 padded
+/// columns next to the full branch) saves more than the per-row calls cost.
+///
+/// # Shapes
+/// q `[batch, heads, 1, d]`, k and v `[batch, kv_heads, len, d]` →
+/// `[batch, heads, 1, d]`
+fn attend_rows(
+    implementation: AttentionImpl,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first: &[i64],
+    opts: AttentionOptions<'_>,
+) -> Result<Tensor> {
+    let total = k.size()[2];
+    let opts = AttentionOptions { mask: None, ..opts };
+    let rows = first
+        .iter()
+        .enumerate()
+        .map(|(row, &from)| {
+            let row = row as i64;
+            let keys = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.f_narrow(0, row, 1)?.f_narrow(2, from, total - from)?)
+            };
+            let q = q.f_narrow(0, row, 1)?;
+            Ok(attention_with(
+                implementation,
+                &q,
+                &keys(k)?,
+                &keys(v)?,
+                opts,
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::f_cat(&rows, 0)?)
 }
 
 /// What every layer of one step shares.
@@ -175,6 +218,9 @@ struct LayerContext<'a> {
     mask: Option<&'a Tensor>,
     /// Causal masking from column 0 instead of a mask.
     causal: bool,
+    /// Per row, the first real key column, when rows attend one at a time
+    /// (left-padded decode steps on the CPU; see [`attend_rows`]).
+    row_starts: Option<&'a [i64]>,
     implementation: AttentionImpl,
     /// Set while an attention capture runs.
     capture: Option<&'a mut Recorder>,
@@ -183,16 +229,14 @@ struct LayerContext<'a> {
 /// The attention mask of one step, built once and shared by every layer.
 ///
 /// Left-padded decode steps ([`StepMask::Ranges`], e.g. DAMRO's two
-/// branches in one cache) attend every row in one call under the cache's
-/// padding mask rather than one call per row over that row's run of real
-/// keys: on the CPU one masked call over 2-8 rows cost less than the
-/// per-row calls with their `narrow`s and `cat` (`BENCHMARKS.md`), and on
-/// CUDA a launch per row and layer would dominate the step. The short
-/// rows' padded columns add work proportional to the padding, small next
-/// to reading the weights. SDPA gets an additive f32-or-model-dtype mask
-/// (0 or -inf), which libtorch would otherwise rebuild from a boolean one
-/// in every layer; the eager kernel keeps the boolean mask it fills with
-/// the dtype's lowest value, as transformers does.
+/// branches in one cache) get the cache's padding mask: on CUDA (and any
+/// device but the CPU) every row attends in one masked call, as one launch
+/// per row and layer would dominate the step; on the CPU the rows attend
+/// one at a time over their real keys ([`attend_rows`]) and the mask only
+/// serves attention capture. SDPA gets an additive mask in the model's
+/// dtype (0 or -inf), which libtorch would otherwise rebuild from a
+/// boolean one in every layer; the eager kernel keeps the boolean mask it
+/// fills with the dtype's lowest value, as transformers does.
 ///
 /// # Shapes
 /// → `[batch, 1, step, start + step]` (`None` when no mask applies)
@@ -431,6 +475,12 @@ impl Llama {
             sin: &sin,
             mask: mask.as_ref(),
             causal: matches!(step.mask, StepMask::Causal),
+            row_starts: match &step.mask {
+                StepMask::Ranges(first) if self.device() == tch::Device::Cpu => {
+                    Some(first.as_slice())
+                }
+                _ => None,
+            },
             implementation: self.attention,
             capture,
         };
@@ -452,6 +502,13 @@ impl Llama {
 
     /// Runs one step on `cache` and returns logits at the asked columns.
     ///
+    /// A decoding step (one new token per row) runs its small-batch linear
+    /// layers on the kernels calibrated for this machine
+    /// ([`damro_nn::linear_kernel`]); the first decoding step of a batch
+    /// size first calibrates them on throw-away copies of itself (the
+    /// cache is rolled back after each), so every returned result comes
+    /// from the same kernels.
+    ///
     /// # Shapes
     /// embeds `[batch, step, hidden]` → `[batch, n, vocab]` with `n` = 1
     /// ([`LogitsAt::Last`]), `step` ([`LogitsAt::All`]) or the number of
@@ -463,6 +520,39 @@ impl Llama {
         at: LogitsAt,
     ) -> Result<Tensor> {
         let input = input.into();
+        if input.embeds.size().get(1) != Some(&1) {
+            return self.forward_at(input, cache, at);
+        }
+        let keys = self.small_batch_keys(cache.batch());
+        if !linear_kernel::is_calibrated(keys)? {
+            let before = cache.len();
+            linear_kernel::calibrate_kernels(|| {
+                let trial = self.forward_at(input, cache, LogitsAt::Last);
+                cache.truncate(before)?;
+                trial.map(drop)
+            })?;
+        }
+        linear_kernel::with_tuned_kernels(|| self.forward_at(input, cache, at))
+    }
+
+    /// The calibration keys of every linear layer of a decoding step over
+    /// `rows` rows (none off the CPU or in another dtype than f32).
+    fn small_batch_keys(&self, rows: i64) -> Vec<linear_kernel::LinearKey> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                    .into_iter()
+                    .chain([&m.gate_proj, &m.up_proj, &m.down_proj])
+            })
+            .chain([&self.lm_head])
+            .filter_map(|linear| linear.small_batch_key(rows))
+            .collect()
+    }
+
+    /// [`Llama::forward`] on the kernels of the current scope.
+    fn forward_at(&self, input: Input<'_>, cache: &mut KvCache, at: LogitsAt) -> Result<Tensor> {
         let step = input.embeds.size().get(1).copied().unwrap_or(0);
         let index = match &at {
             LogitsAt::Columns(cols) => {
