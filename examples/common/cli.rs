@@ -105,6 +105,16 @@ pub enum IndexingArg {
     Corrected,
 }
 
+/// LLaVA-NeXT's grid order of non-square tile grids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GridLayoutArg {
+    /// transformers 4.43's (rows and columns swapped), as the authors ran it.
+    #[value(name = "transformers4.43")]
+    Transformers443,
+    /// transformers 4.44+'s corrected order.
+    Corrected,
+}
+
 /// How a model directory is loaded.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -127,6 +137,9 @@ pub struct ModelArgs {
     /// InstructBLIP's outlier indexing.
     #[arg(long, value_enum, default_value_t = IndexingArg::Reference)]
     pub indexing: IndexingArg,
+    /// LLaVA-NeXT's tile grid order.
+    #[arg(long, value_enum, default_value_t = GridLayoutArg::Transformers443)]
+    pub grid_layout: GridLayoutArg,
 }
 
 impl ModelArgs {
@@ -156,11 +169,14 @@ impl ModelArgs {
     pub fn load(&self) -> Result<AutoDecoder> {
         let decoder = AutoDecoder::load(&self.model, self.options()?)
             .with_context(|| format!("loading --model {}", self.model.display()))?;
-        Ok(match (decoder, self.indexing) {
-            (AutoDecoder::InstructBlip(d), IndexingArg::Corrected) => {
+        Ok(match (decoder, self.indexing, self.grid_layout) {
+            (AutoDecoder::InstructBlip(d), IndexingArg::Corrected, _) => {
                 AutoDecoder::InstructBlip(Box::new(d.with_indexing(Indexing::Corrected)))
             }
-            (other, _) => other,
+            (AutoDecoder::LlavaNext(d), _, GridLayoutArg::Corrected) => AutoDecoder::LlavaNext(
+                Box::new(d.with_grid_layout(damro::vision::anyres_pack::GridLayout::Corrected)),
+            ),
+            (other, _, _) => other,
         })
     }
 }
