@@ -25,8 +25,8 @@ pub enum Benchmark {
 use tch::{Device, Tensor};
 
 use damro_core::{
-    AnalysisInputs, Branches, DamroDecoder, Error, ImageSource, ModelOptions, Request, Result, SecondImage,
-    VisualTokens,
+    AnalysisInputs, Branches, DamroDecoder, Error, ImageSource, ModelOptions, Request, Result,
+    SecondImage, VisualTokens,
 };
 use damro_llm::Llama;
 
