@@ -63,11 +63,15 @@ pub enum LinearKernel {
     /// its GEMV or wider GEMMs, and a weight that fits in the caches is
     /// read from memory once for all pairs.
     Pairs,
+    /// damro's own AVX-512 / AVX2 kernel ([`native`]): the weight streamed
+    /// once, four rows at a time, against every input row. Offered only on
+    /// x86-64 CPUs that have the instructions.
+    Native,
 }
 
 impl LinearKernel {
     /// Every kernel, `Linear` first.
-    pub const ALL: [LinearKernel; 3] = [Self::Linear, Self::WeightLeft, Self::Pairs];
+    pub const ALL: [LinearKernel; 4] = [Self::Linear, Self::WeightLeft, Self::Pairs, Self::Native];
 
     /// The kernel's name as `DAMRO_LINEAR_KERNEL` spells it.
     pub fn name(self) -> &'static str {
@@ -75,15 +79,17 @@ impl LinearKernel {
             Self::Linear => "linear",
             Self::WeightLeft => "weight-left",
             Self::Pairs => "pairs",
+            Self::Native => "native",
         }
     }
 
-    /// The kernels worth timing for `rows` rows: `Pairs` is `WeightLeft`
-    /// for two rows.
+    /// The kernels worth timing for `rows` rows on this CPU: `Pairs` is
+    /// `WeightLeft` for two rows, and `Native` needs AVX-512 or AVX2.
     fn candidates(rows: i64) -> Vec<LinearKernel> {
+        let native = native::isa().is_some();
         Self::ALL
             .into_iter()
-            .filter(|&k| !(rows == 2 && k == Self::Pairs))
+            .filter(|&k| !(rows == 2 && k == Self::Pairs) && (native || k != Self::Native))
             .collect()
     }
 
@@ -105,6 +111,7 @@ impl LinearKernel {
         };
         Ok(match self {
             Self::Linear => x.f_linear(weight, bias)?,
+            Self::Native => native::linear(x, weight, bias)?,
             Self::WeightLeft => weight_left(x)?,
             Self::Pairs => {
                 let rows = x.size().first().copied().unwrap_or(0);
@@ -513,5 +520,6 @@ pub(crate) fn small_batch_linear(
     Ok(y)
 }
 
+pub mod native;
 #[cfg(test)]
 mod tests;

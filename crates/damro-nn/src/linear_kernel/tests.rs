@@ -50,13 +50,15 @@ fn key(rows: i64) -> LinearKey {
 fn calibration_times_every_candidate_then_keeps_the_fastest() {
     let mut slot = Slot::new(3);
     let candidates = LinearKernel::candidates(3);
-    assert_eq!(candidates, LinearKernel::ALL);
+    let native = native::isa().is_some();
+    assert_eq!(candidates.len(), if native { 4 } else { 3 });
     // Hand-made timings, long enough that `SAMPLES` calls suffice:
     // `Pairs` is fastest, `WeightLeft` slowest.
     let cost = |k: LinearKernel| match k {
         LinearKernel::Linear => 2.0,
         LinearKernel::WeightLeft => 3.0,
-        _ => 1.0,
+        LinearKernel::Pairs => 1.0,
+        _ => 1.5,
     };
     let mut calls = 0;
     while let (k, Some(i)) = slot.next() {
@@ -71,19 +73,61 @@ fn calibration_times_every_candidate_then_keeps_the_fastest() {
         panic!("still exploring");
     };
     assert_eq!(choice.kernel, LinearKernel::Pairs);
-    assert_eq!(
-        choice.seconds,
-        vec![
-            (LinearKernel::Linear, 2.0),
-            (LinearKernel::WeightLeft, 3.0),
-            (LinearKernel::Pairs, 1.0)
-        ]
-    );
+    let expected: Vec<(LinearKernel, f64)> = candidates.iter().map(|&k| (k, cost(k))).collect();
+    assert_eq!(choice.seconds, expected);
     // Two rows: `Pairs` would be `WeightLeft` again, so it is not timed.
-    assert_eq!(
-        LinearKernel::candidates(2),
-        [LinearKernel::Linear, LinearKernel::WeightLeft]
-    );
+    assert!(!LinearKernel::candidates(2).contains(&LinearKernel::Pairs));
+    assert!(LinearKernel::candidates(2).contains(&LinearKernel::WeightLeft));
+}
+
+#[test]
+fn the_native_kernel_matches_the_definition_on_every_block_shape() {
+    let Some(best) = native::isa() else {
+        return; // Not offered on this CPU.
+    };
+    tch::manual_seed(5);
+    let opts = (Kind::Float, Device::Cpu);
+    let mut isas = vec![best];
+    if best == native::Isa::Avx512 {
+        isas.push(native::Isa::Avx2);
+    }
+    // 37 inputs: a vector tail for both widths; 13 outputs: 4-row blocks
+    // and single rows; up to 9 rows: every input-row group size.
+    let w = Tensor::randn([13, 37], opts);
+    let b = Tensor::randn([13], opts);
+    for isa in isas {
+        for rows in 1..=9 {
+            let x = Tensor::randn([rows, 37], opts);
+            let reference = x
+                .to_kind(Kind::Double)
+                .matmul(&w.to_kind(Kind::Double).tr())
+                + b.to_kind(Kind::Double);
+            for bias in [Some(&b), None] {
+                let y = native::linear_with(isa, 1, &x, &w, bias).unwrap();
+                let expected = match bias {
+                    Some(_) => reference.shallow_clone(),
+                    None => &reference - b.to_kind(Kind::Double),
+                };
+                let err = (y.to_kind(Kind::Double) - expected)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(err < 1e-5, "{isa:?} rows {rows}: {err}");
+            }
+        }
+    }
+    // Split over threads (a weight of `PARALLEL_BYTES`), and a bad shape.
+    let w = Tensor::randn([1026, native::PARALLEL_BYTES as i64 / 4 / 1026 + 1], opts);
+    let x = Tensor::randn([3, w.size()[1]], opts);
+    let one = native::linear_with(best, 1, &x, &w, None).unwrap();
+    let three = native::linear_with(best, 3, &x, &w, None).unwrap();
+    assert!(one.equal(&three));
+    let err = (one - x.linear(&w, None::<&Tensor>))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-4, "{err}");
+    assert!(native::linear_with(best, 1, &x, &w.tr(), None).is_err());
 }
 
 #[test]
@@ -94,8 +138,8 @@ fn cheap_calls_are_timed_more_often_and_ties_go_to_the_first() {
         slot.record(key(2), Some(i), 1e-5, false);
         calls += 1;
     }
-    // Two candidates, each one warm-up plus `MAX_SAMPLES` timed calls.
-    assert_eq!(calls, 2 * (MAX_SAMPLES + 1));
+    // Each candidate: one warm-up plus `MAX_SAMPLES` timed calls.
+    assert_eq!(calls, LinearKernel::candidates(2).len() * (MAX_SAMPLES + 1));
     assert!(matches!(&slot, Slot::Chosen(c) if c.kernel == LinearKernel::Linear));
     assert!(timed_enough(&[ENOUGH_SECONDS / 2.0; SAMPLES]));
     assert!(!timed_enough(&[ENOUGH_SECONDS; SAMPLES - 1]));
@@ -142,8 +186,9 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
     })
     .unwrap();
     if let LinearPolicy::Calibrate = linear_policy().unwrap() {
-        // One call per run: 3 candidates x (warm-up + timed calls).
-        assert!(runs >= 3 * (SAMPLES + 1), "{runs} runs");
+        // One call per run: every candidate's warm-up and timed calls.
+        let needed = LinearKernel::candidates(3).len() * (SAMPLES + 1);
+        assert!(runs >= needed.min(MAX_CALIBRATION_RUNS), "{runs} runs");
         assert!(runs <= MAX_CALIBRATION_RUNS);
         assert!(is_calibrated([k]).unwrap());
         let chosen = linear_choices().into_iter().find(|c| c.key == k).unwrap();
