@@ -142,11 +142,19 @@ impl Default for RawClipVisionConfig {
     }
 }
 
-/// The square image and patch sides of a vision config, the patch no
-/// larger than the image.
+/// The square image and patch sides of a vision config: the image within
+/// [`damro_nn::limits::MAX_IMAGE_SIDE`] (so patch counts cannot overflow),
+/// the patch no larger than the image.
 fn patch_geometry(image_size: RawSize, patch_size: RawSize) -> Result<(i64, i64)> {
     let image_size = image_size.square("image_size")?;
     let patch_size = patch_size.square("patch_size")?;
+    let limit = damro_nn::limits::MAX_IMAGE_SIDE;
+    if image_size > limit {
+        return Err(Error::config(
+            "image_size",
+            format!("{image_size} is larger than the limit of {limit} pixels"),
+        ));
+    }
     if patch_size > image_size {
         return Err(Error::config(
             "patch_size",

@@ -93,8 +93,13 @@ pub(crate) fn patchify(
 /// negative indices count from the end (`-1` is the last layer's output).
 /// Returns the number of layers that must run (`0..=num_layers`).
 pub fn hidden_state_index(index: i64, num_layers: i64) -> Result<i64> {
-    let states = num_layers + 1;
-    let resolved = if index < 0 { index + states } else { index };
+    // Saturating: both come from a user's config.json.
+    let states = num_layers.saturating_add(1);
+    let resolved = if index < 0 {
+        index.saturating_add(states)
+    } else {
+        index
+    };
     if (0..states).contains(&resolved) {
         Ok(resolved)
     } else {
