@@ -441,7 +441,8 @@ fn huge_image_size() {
     model.set_config("/vision_config/image_size", json!(1_000_000_000));
     generate_on(model.path(), &image(), &[]).fails_with(&[
         "config.json",
-        "`vision_config.image_size` = 1000000000",
+        "vision_config.image_size",
+        "1000000000",
         "limit",
     ]);
 }
