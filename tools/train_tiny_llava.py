@@ -1,13 +1,16 @@
 """Trains the tiny LLaVA-1.5-shaped model shipped in tests/fixtures/trained (CPU, from a seed).
 
 The model reads 42x42 synthetic scenes (tools/scenes.py) through a CLIP-style ViT with [CLS]
-(patch 7: 36 patch tokens), a two-layer GELU projector and a two-layer LLaMA, with a
-word-level LLaMA-shaped tokenizer (tokenizer.json: BPE with byte fallback whose merges run
-until every corpus word is one token). It is trained with HF transformers'
+(hidden 128, 4 layers, patch 14: 9 patch tokens, one per cell of the scenes' 3x3 grid), a
+two-layer GELU projector and a two-layer LLaMA (hidden 128), with a word-level LLaMA-shaped
+tokenizer (tokenizer.json: BPE with byte fallback whose merges run until every corpus word is
+one token; tools/tiny_llava_files.py). It is trained with HF transformers'
 LlavaForConditionalGeneration from random init on two tasks, both in the llava_v1 template:
 - captions: "Describe this image briefly." -> "a red circle above a blue square"
 - POPE-style yes/no: "Is there a star in the image? Please answer this question with one
   word." -> "Yes" / "No" (half the questions about a present shape, half about an absent one)
+with training-only auxiliary targets from the generator's ground truth (PatchProbe; not saved),
+without which the yes/no answers stayed at chance within this budget.
 
 Then it measures greedy answers on held-out scenes (another seed), saves the model with
 `save_pretrained` in f16 plus the llava-hf tokenizer/processor files, re-measures the saved
@@ -34,123 +37,19 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scenes as sc  # noqa: E402
-from fixtures_common import SPIECE, learn_bpe, write_json  # noqa: E402
+from fixtures_common import SPIECE, write_json  # noqa: E402
+from tiny_llava_files import (  # noqa: E402
+    CLIP_MEAN, CLIP_STD, IMAGE_SIZE, NUM_PATCHES, PATCH, build_tokenizer, llava_v1, model_config, pope_prompt,
+    tokenizer_files,
+)
 
 TRAIN_SEED, HELDOUT_SEED, POPE_SEED = 1, 2, 3
-IMAGE_SIZE, PATCH = 42, 14  # 3x3 patches: one per cell of the scenes' object grid
-NUM_PATCHES = (IMAGE_SIZE // PATCH) ** 2
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
 CAPTION_FRACTION = 0.35  # share of training samples that are captions (the rest: yes/no)
 MAX_NEW_TOKENS = 24
-
-
-def llava_v1(question: str) -> str:
-    return f"{SYSTEM} USER: <image>\n{question} ASSISTANT:"
-
-
-def pope_prompt(shape: str) -> str:
-    return sc.yes_no_question(shape) + sc.POPE_SUFFIX
-
-
-# --------------------------------------------------------------------------------------
-# tokenizer and config files
-
-
-def build_tokenizer() -> Tokenizer:
-    """LLaMA-shaped tokenizer.json (as tools/fixtures_common.build_llama_tokenizer builds it),
-    word-level on the scene corpus: ids 0 <unk>, 1 <s>, 2 </s>, 3..258 bytes, the alphabet,
-    the merges, then <image> and <pad>."""
-    lines = sc.corpus_lines()
-    alphabet, merges = learn_bpe(lines, 100_000)  # stops when every word is one symbol
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for byte in range(256):
-        vocab[f"<0x{byte:02X}>"] = len(vocab)
-    for ch in alphabet:
-        vocab.setdefault(ch, len(vocab))
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPIECE), normalizers.Replace(" ", SPIECE)])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace(SPIECE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)]
-    )
-    for t in ("<image>", "<pad>"):
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)])
-    return tok
-
-
-def tokenizer_files(image_id: int, pad_id: int) -> dict[str, dict]:
-    def added(content):
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-                "single_word": False, "special": True}
-
-    special = {name: {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-                      "single_word": False}
-               for name, tok in [("bos_token", "<s>"), ("eos_token", "</s>"), ("pad_token", "<pad>"),
-                                 ("unk_token", "<unk>")]}
-    return {
-        "tokenizer_config.json": {
-            "add_bos_token": True, "add_eos_token": False,
-            "added_tokens_decoder": {"0": added("<unk>"), "1": added("<s>"), "2": added("</s>"),
-                                     str(image_id): added("<image>"), str(pad_id): added("<pad>")},
-            "bos_token": "<s>", "clean_up_tokenization_spaces": False, "eos_token": "</s>",
-            "legacy": False, "model_max_length": 4096, "pad_token": "<pad>", "padding_side": "left",
-            "processor_class": "LlavaProcessor", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
-            "unk_token": "<unk>", "use_default_system_prompt": False,
-        },
-        "special_tokens_map.json": special,
-        "preprocessor_config.json": {
-            "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, "do_center_crop": True,
-            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-            "image_mean": CLIP_MEAN, "image_processor_type": "CLIPImageProcessor", "image_std": CLIP_STD,
-            "processor_class": "LlavaProcessor", "resample": 3, "rescale_factor": 1 / 255,
-            "size": {"shortest_edge": IMAGE_SIZE},
-        },
-        "processor_config.json": {
-            "image_token": "<image>", "num_additional_image_tokens": 1, "patch_size": PATCH,
-            "processor_class": "LlavaProcessor", "vision_feature_select_strategy": "default",
-        },
-    }
-
-
-def model_config(vocab: int, image_id: int, pad_id: int, text_layers: int = 2, vision_hidden: int = 64) -> dict:
-    return {
-        "architectures": ["LlavaForConditionalGeneration"],
-        "image_token_index": image_id,
-        "image_seq_length": NUM_PATCHES,
-        "model_type": "llava",
-        "pad_token_id": pad_id,
-        "projector_hidden_act": "gelu",
-        "text_config": {
-            "architectures": ["LlamaForCausalLM"], "hidden_size": 128, "intermediate_size": 384,
-            "max_position_embeddings": 512, "model_type": "llama", "num_attention_heads": 4,
-            "num_hidden_layers": text_layers, "rms_norm_eps": 1e-05, "vocab_size": vocab,
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_id,
-        },
-        "tie_word_embeddings": False,
-        "vision_config": {
-            "hidden_size": vision_hidden, "image_size": IMAGE_SIZE, "intermediate_size": 4 * vision_hidden,
-            "model_type": "clip_vision_model", "num_attention_heads": 4, "num_hidden_layers": 4,
-            "patch_size": PATCH, "projection_dim": vision_hidden,
-        },
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "vocab_size": vocab,
-    }
 
 
 # --------------------------------------------------------------------------------------
@@ -594,7 +493,6 @@ def versions() -> dict:
 
 
 def main() -> int:
-    global PATCH, NUM_PATCHES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/fixtures/trained")
     ap.add_argument("--seed", type=int, default=0)
@@ -614,11 +512,9 @@ def main() -> int:
                     help="torch threads (1: on a loaded 2-core machine at nice 19, two OpenMP threads "
                          "spin-waiting on each other ran 5-17x slower than one)")
     ap.add_argument("--bench", action="store_true", help="time 20 steps, write nothing")
-    ap.add_argument("--patch", type=int, default=PATCH, help="ViT patch size (42 must be a multiple)")
     ap.add_argument("--text-layers", type=int, default=2)
     ap.add_argument("--vision-hidden", type=int, default=128)
     args = ap.parse_args()
-    PATCH, NUM_PATCHES = args.patch, (IMAGE_SIZE // args.patch) ** 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
