@@ -1,18 +1,32 @@
-//! Full-generation benchmark: per-token decode time of plain decoding vs
-//! DAMRO with batched branches (one forward per step) vs DAMRO with
-//! sequential branches (two forwards per step, the reference's way), on a
-//! random LLaVA-1.5-shaped model (LLaMA hidden 768, 8 layers, 12 heads,
-//! intermediate 2048, vocab 32000: ~106M parameters in the LLM; a small
-//! CLIP tower at 336 px / patch 14, so the LLaVA prompt has 576 + ~64
-//! tokens and the outlier branch 10 + ~64).
+//! Full-generation benchmark: first-token and per-token time of plain
+//! decoding vs DAMRO with batched branches (both branches as one forward
+//! per step over a left-padded cache) vs DAMRO with sequential branches
+//! (two forwards per step, the reference's way), at batch 1 and for
+//! several requests at once.
 //!
-//! Per-token time = (time of a 65-token generation - time of a 1-token
-//! generation) / 64, so prefill and image encoding cancel out; all three
-//! variants run interleaved in one process, several rounds, and the medians
-//! are reported with their ratios to plain decoding.
+//! The model is written by the bench itself with random weights, shaped
+//! like a small LLaVA-1.5 (~68.7M parameters): CLIP 336 px / patch 14,
+//! hidden 256 x 12 layers (intermediate 1024); a 2-layer projector; LLaMA
+//! hidden 512 x 8 layers (8 heads, intermediate 1408), vocab 32064. The
+//! LLaVA prompt then holds 576 image tokens + the text, the outlier branch
+//! 10 + the text. fp32, greedy, 64 new tokens (the EOS row of `lm_head` is
+//! zero, so every run reaches the limit).
 //!
-//! Run with: `scripts/libtorch-env.sh cargo bench --bench generation`
-//! (`DAMRO_BENCH_ROUNDS`, default 5; `DAMRO_BENCH_DEVICE=cuda` on a GPU).
+//! Timed through `generate_streaming`, as a user sees it: first token =
+//! from the call to the first token of every request (image encoding, both
+//! prefills, the first sampling step); per token = the time between that
+//! and the last token, over the 63 steps in between (each step: one
+//! decoding forward of both branches, the contrastive sampling step, the
+//! per-step text decoding that streaming does). All variants and batch
+//! sizes run interleaved in one process, several rounds; medians are
+//! reported, with the median over rounds of each round's ratio to plain
+//! decoding.
+//!
+//! Run with: `scripts/libtorch-env.sh cargo bench -j2 --bench generation`.
+//! Environment: `DAMRO_BENCH_ROUNDS` (default 5), `DAMRO_BENCH_THREADS`
+//! (libtorch intra-op threads, default 2), `DAMRO_BENCH_BATCHES` (default
+//! `1,4`), `DAMRO_BENCH_DEVICE=cuda` on a GPU, `DAMRO_LINEAR_KERNEL` to
+//! force a small-batch linear kernel instead of calibrating.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -22,7 +36,7 @@ use damro::llm::testing::random_llama_tensors;
 use damro::llm::{LlamaConfigJson, PromptTemplate};
 use damro::{
     BranchExecution, DamroSettings, GenerationConfig, ImageSource, LlavaDecoder, Mode,
-    ModelOptions, Request, generate,
+    ModelOptions, Request, generate_streaming,
 };
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -31,24 +45,39 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/llava/models/hub"
 );
-const IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/images/wide_rgb.png"
-);
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images");
+
+/// Request `i` of a batch: images and questions vary, so the rows of a
+/// batch have different lengths (left padding in both branches).
+fn request(i: usize) -> Request {
+    const IMAGE_FILES: [&str; 3] = ["wide_rgb.png", "tall_rgba.png", "small_grey.png"];
+    const QUESTIONS: [&str; 4] = [
+        "Describe this image in detail.",
+        "What is in the picture?",
+        "Is there a dog in the image? Please answer this question with one word.",
+        "List every object you can see, from left to right.",
+    ];
+    let image = Path::new(IMAGES).join(IMAGE_FILES[i % IMAGE_FILES.len()]);
+    Request::new(
+        ImageSource::File(image),
+        QUESTIONS[i % QUESTIONS.len()],
+        PromptTemplate::LlavaV1,
+    )
+}
 
 fn text_config() -> serde_json::Value {
     json!({
         "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8,
-        "num_attention_heads": 12, "vocab_size": 32000, "rms_norm_eps": 1e-5,
+        "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+        "num_attention_heads": 8, "vocab_size": 32064, "rms_norm_eps": 1e-5,
         "max_position_embeddings": 4096
     })
 }
 
 /// Writes a random LLaVA-1.5-shaped checkpoint (hub layout) with the
-/// fixture's tokenizer and image processor.
-fn write_model(dir: &Path) {
-    let (vh, vi, layers) = (256i64, 1024i64, 4i64);
+/// fixture's tokenizer and image processor; returns its parameter count.
+fn write_model(dir: &Path) -> i64 {
+    let (vh, vi, layers, th) = (256i64, 1024i64, 12i64, 512i64);
     let config = json!({
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
         "image_token_index": 535, "pad_token_id": 536, "projector_hidden_act": "gelu",
@@ -112,27 +141,44 @@ fn write_model(dir: &Path) {
     }
     add(
         "multi_modal_projector.linear_1.weight".into(),
-        rand(&[768, vh], 0.06),
+        rand(&[th, vh], 0.06),
     );
     add(
         "multi_modal_projector.linear_1.bias".into(),
-        rand(&[768], 0.02),
+        rand(&[th], 0.02),
     );
     add(
         "multi_modal_projector.linear_2.weight".into(),
-        rand(&[768, 768], 0.036),
+        rand(&[th, th], 0.044),
     );
     add(
         "multi_modal_projector.linear_2.bias".into(),
-        rand(&[768], 0.02),
+        rand(&[th], 0.02),
     );
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, dir.join("model.safetensors")).unwrap();
+    tensors.iter().map(|(_, t)| t.numel() as i64).sum()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Medians over rounds for one (batch, variant) cell.
+#[derive(Default, Clone)]
+struct Cell {
+    first: Vec<f64>,
+    per_token: Vec<f64>,
+    /// Per-token time over the same round's plain per-token time.
+    ratio: Vec<f64>,
 }
 
 fn main() {
@@ -142,16 +188,20 @@ fn main() {
         println!("generation bench: skipped (run with `cargo bench --bench generation`)");
         return;
     }
-    let rounds: usize = std::env::var("DAMRO_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = env_or("DAMRO_BENCH_ROUNDS", 5);
+    tch::set_num_threads(env_or("DAMRO_BENCH_THREADS", 2));
+    let batches: Vec<usize> = std::env::var("DAMRO_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .map(|b| b.trim().parse().expect("DAMRO_BENCH_BATCHES: e.g. 1,4"))
+        .collect();
     let device = match std::env::var("DAMRO_BENCH_DEVICE").as_deref() {
         Ok("cuda") => Device::Cuda(0),
         _ => Device::Cpu,
     };
+    let _no_grad = tch::no_grad_guard();
     let dir = tempfile::tempdir().unwrap();
-    write_model(dir.path());
+    let params = write_model(dir.path());
     let mut options = ModelOptions::cpu_f32();
     options.device = device;
     let decoder = LlavaDecoder::load(dir.path(), options).unwrap();
@@ -169,52 +219,87 @@ fn main() {
             BranchExecution::Sequential,
         ),
     ];
-    let run = |mode: Mode, branches: BranchExecution, tokens: usize| -> f64 {
-        let mut config = GenerationConfig::greedy(mode, tokens);
+    // One generation; returns (first token, per token) in seconds, read
+    // from the streaming callback: the first token is out when every row's
+    // first event has arrived, and the per-token time spans the remaining
+    // steps, so the prefill's noise stays out of it.
+    let run = |mode: &Mode, branches: BranchExecution, batch: usize, tokens: usize| {
+        let mut config = GenerationConfig::greedy(mode.clone(), tokens);
         config.branches = branches;
-        let request = Request::new(
-            ImageSource::File(IMAGE.into()),
-            "Describe this image in detail.",
-            PromptTemplate::LlavaV1,
-        );
+        let requests: Vec<Request> = (0..batch).map(request).collect();
+        let mut events = Vec::with_capacity(batch * tokens);
         let start = Instant::now();
-        let out = generate(&decoder, &[request], &config).unwrap();
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
+        let out = generate_streaming(&decoder, &requests, &config, &mut |_| {
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+            events.push(start.elapsed().as_secs_f64());
+        })
+        .unwrap();
+        for o in &out {
+            assert_eq!(o.token_ids.len(), tokens, "generation ended early");
         }
-        assert_eq!(out[0].token_ids.len(), tokens, "generation ended early");
-        start.elapsed().as_secs_f64()
+        assert_eq!(events.len(), batch * tokens);
+        let first = events[batch - 1];
+        let last = events[events.len() - 1];
+        (first, (last - first) / (tokens - 1).max(1) as f64)
     };
-    // Warm up every path once.
-    for (_, mode, branches) in &variants {
-        run(mode.clone(), *branches, 2);
-    }
-    let mut per_token: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    let mut prefill: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for _ in 0..rounds {
-        for (i, (_, mode, branches)) in variants.iter().enumerate() {
-            let one = run(mode.clone(), *branches, 1);
-            let full = run(mode.clone(), *branches, 65);
-            prefill[i].push(one);
-            per_token[i].push((full - one) / 64.0);
+    // Warm up every path once (the first decoding steps also calibrate the
+    // small-batch linear kernels, see `damro_nn::linear_kernel`).
+    for &batch in &batches {
+        for (_, mode, branches) in &variants {
+            run(mode, *branches, batch, 4);
         }
     }
-    let base = median(per_token[0].clone());
+    let mut cells = vec![vec![Cell::default(); variants.len()]; batches.len()];
+    for _ in 0..rounds {
+        for (b, &batch) in batches.iter().enumerate() {
+            for (v, (_, mode, branches)) in variants.iter().enumerate() {
+                let (first, per_token) = run(mode, *branches, batch, 64);
+                let cell = &mut cells[b][v];
+                cell.first.push(first);
+                cell.per_token.push(per_token);
+            }
+            let plain = cells[b][0].per_token.clone();
+            for cell in cells[b].iter_mut() {
+                let i = cell.per_token.len() - 1;
+                cell.ratio.push(cell.per_token[i] / plain[i]);
+            }
+        }
+    }
     println!(
-        "device {device:?}, threads {}, {rounds} rounds, 64 new tokens (greedy)",
+        "{params} parameters, device {device:?}, libtorch threads {}, {rounds} rounds, \
+         64 new tokens (greedy), fp32",
         tch::get_num_threads()
     );
-    println!(
-        "{:<18} {:>14} {:>12} {:>22}",
-        "variant", "ms/token", "vs plain", "prefill+1 token (s)"
-    );
-    for (i, (name, _, _)) in variants.iter().enumerate() {
-        let t = median(per_token[i].clone());
+    println!("| batch | variant | first token (s) | per token (ms) | vs plain |");
+    println!("|---|---|---|---|---|");
+    for (b, &batch) in batches.iter().enumerate() {
+        for (v, (name, _, _)) in variants.iter().enumerate() {
+            let cell = &cells[b][v];
+            println!(
+                "| {batch} | {name} | {:.3} | {:.2} | {:.3}x |",
+                median(cell.first.clone()),
+                median(cell.per_token.clone()) * 1e3,
+                median(cell.ratio.clone()),
+            );
+        }
+    }
+    println!("small-batch linear kernels (best µs per call of each candidate):");
+    for c in damro::nn::linear_kernel::linear_choices() {
+        let times: Vec<String> = c
+            .seconds
+            .iter()
+            .map(|(k, t)| format!("{} {:.0}", k.name(), t * 1e6))
+            .collect();
         println!(
-            "{name:<18} {:>14.2} {:>12.3} {:>22.3}",
-            t * 1e3,
-            t / base,
-            median(prefill[i].clone())
+            "  [{}, {}] x {} rows, {} threads: {} ({})",
+            c.key.out_dim,
+            c.key.in_dim,
+            c.key.rows,
+            c.key.threads,
+            c.kernel.name(),
+            times.join(", ")
         );
     }
 }

@@ -1,10 +1,17 @@
-//! One LLaMA decode step on a ~130M-parameter random model (hidden 768, 12
-//! layers, 12 heads, intermediate 2048, vocab 32000), f32:
+//! One LLaMA decode step on the language model of the generation bench's
+//! LLaVA-1.5-shaped model (hidden 512, 8 layers, 8 heads, intermediate
+//! 1408, vocab 32064: 58.5M parameters, random weights), f32:
 //!
-//! - `batch1_600`: one row with 600 cached tokens (LLaVA's full branch);
-//! - `batch2_600_30`: DAMRO's two branches as one batched step, rows of 600
-//!   and 30 cached tokens (stacked caches, left padding);
-//! - `two_batch1_600_30`: the same two rows as two separate batch-1 steps.
+//! - `batch1_640`: one row with 640 cached tokens (LLaVA's full branch:
+//!   576 image tokens and the prompt);
+//! - `batch2_640_74`: DAMRO's two branches as one batched step, rows of 640
+//!   and 74 cached tokens (stacked caches, left padding);
+//! - `two_batch1_640_74`: the same two rows as two separate batch-1 steps;
+//! - `batch4_640` and `batch8_640_74`: the same for four requests (plain:
+//!   four full rows; DAMRO: four full and four outlier rows in one step).
+//!
+//! The first step of each shape also calibrates the small-batch linear
+//! kernels (`damro_nn::linear_kernel`); criterion's warm-up covers it.
 //!
 //! Run with: `cargo bench --bench llm_decode_step` (set
 //! `DAMRO_BENCH_DEVICE=cuda` to run on a GPU, `DAMRO_BENCH_THREADS=n` to
@@ -33,8 +40,8 @@ fn sync(device: Device) {
 
 fn load_model(device: Device) -> anyhow::Result<Llama> {
     let cfg = LlamaConfigJson::from_value(serde_json::json!({
-        "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
-        "num_hidden_layers": 12, "num_attention_heads": 12, "rms_norm_eps": 1e-5,
+        "vocab_size": 32064, "hidden_size": 512, "intermediate_size": 1408,
+        "num_hidden_layers": 8, "num_attention_heads": 8, "rms_norm_eps": 1e-5,
     }))?
     .into_config()?;
     let dir = std::env::temp_dir().join(format!("damro-bench-llm-{}", std::process::id()));
@@ -56,7 +63,7 @@ fn load_model(device: Device) -> anyhow::Result<Llama> {
 /// A batch-1 cache holding `len` random tokens.
 fn prefilled(model: &Llama, len: i64, seed: i64) -> anyhow::Result<KvCache> {
     tch::manual_seed(seed);
-    let ids = Tensor::randint(32000, [1, len], (Kind::Int64, model.device()));
+    let ids = Tensor::randint(32064, [1, len], (Kind::Int64, model.device()));
     let mut cache = model.new_cache(1, len + 16)?;
     let _logits = model.forward(&model.embed(&ids)?, &mut cache, LogitsAt::Last)?;
     Ok(cache)
@@ -93,25 +100,34 @@ fn bench(c: &mut Criterion) {
     }
     let device = device();
     let model = load_model(device).expect("random model");
-    let mut long = prefilled(&model, 600, 1).expect("prefill 600");
-    let mut short = prefilled(&model, 30, 2).expect("prefill 30");
-    let mut both = KvCache::stack(&[&long, &short], 640).expect("stack");
+    let mut long = prefilled(&model, 640, 1).expect("prefill 640");
+    let mut short = prefilled(&model, 74, 2).expect("prefill 74");
+    let mut both = KvCache::stack(&[&long, &short], 720).expect("stack");
+    let mut four = KvCache::stack(&[&long, &long, &long, &long], 720).expect("stack");
+    let rows8 = [&long, &long, &long, &long, &short, &short, &short, &short];
+    let mut eight = KvCache::stack(&rows8, 720).expect("stack");
 
     let mut group = c.benchmark_group("llm_decode_step");
     group
         .sample_size(20)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8));
-    group.bench_function("batch1_600", |b| {
+    group.bench_function("batch1_640", |b| {
         b.iter_custom(|iters| time_steps(&model, &mut long, iters))
     });
-    group.bench_function("batch2_600_30", |b| {
+    group.bench_function("batch2_640_74", |b| {
         b.iter_custom(|iters| time_steps(&model, &mut both, iters))
     });
-    group.bench_function("two_batch1_600_30", |b| {
+    group.bench_function("two_batch1_640_74", |b| {
         b.iter_custom(|iters| {
             time_steps(&model, &mut long, iters) + time_steps(&model, &mut short, iters)
         })
+    });
+    group.bench_function("batch4_640", |b| {
+        b.iter_custom(|iters| time_steps(&model, &mut four, iters))
+    });
+    group.bench_function("batch8_640_74", |b| {
+        b.iter_custom(|iters| time_steps(&model, &mut eight, iters))
     });
     group.finish();
 }
