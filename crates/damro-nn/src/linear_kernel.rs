@@ -21,6 +21,15 @@
 //!   memory with the access pattern of a step, whereas timing one weight
 //!   in a loop measures the caches, and even evicting the caches between
 //!   calls picked kernels that made a step 25% slower here.
+//! - Per-call timings still miss what a whole step sees (a kernel that
+//!   leaves a core idle, OpenMP threads waiting between calls, caches
+//!   shared with the attention), so [`calibrate_kernels`] then times whole
+//!   steps: the per-call choices against every candidate used for all of
+//!   the step's calls, a few interleaved rounds each, and keeps whichever
+//!   gives the fastest median step ([`step_choices`] reports it). Here
+//!   this turned a 2-row step from 12 ms to 9 ms and an 8-row one from
+//!   29 ms to 21 ms, where the per-call winners mixed kernels that slowed
+//!   each other down.
 //! - [`with_tuned_kernels`] runs the real steps: each small-batch call
 //!   takes its key's kernel, or `linear` while the key has none.
 //!
@@ -191,7 +200,9 @@ pub struct LinearKey {
 pub struct LinearChoice {
     /// The calibrated case.
     pub key: LinearKey,
-    /// The kernel used from then on.
+    /// The kernel used from then on: the per-call winner, unless the
+    /// whole-step phase found a single kernel for every call of the step
+    /// faster ([`StepChoice`]).
     pub kernel: LinearKernel,
     /// Seconds of the best timed call of each candidate.
     pub seconds: Vec<(LinearKernel, f64)>,
@@ -210,6 +221,13 @@ pub const ENOUGH_SECONDS: f64 = 0.01;
 /// At most this many runs of a calibration step; keys still short of
 /// samples then decide on what they have.
 pub const MAX_CALIBRATION_RUNS: usize = 24;
+
+/// Whole-step rounds of the confirmation phase (each round times every
+/// assignment once), at least and at most; within those bounds the phase
+/// aims at [`STEP_SECONDS`].
+pub const STEP_ROUNDS: (usize, usize) = (3, 7);
+/// See [`STEP_ROUNDS`].
+pub const STEP_SECONDS: f64 = 0.5;
 
 /// Whether a candidate has been timed enough.
 fn timed_enough(samples: &[f64]) -> bool {
@@ -310,10 +328,26 @@ fn choose(key: LinearKey, candidates: &[LinearKernel], best: &[f64]) -> LinearCh
     }
 }
 
+/// The outcome of one whole-step confirmation (see [`calibrate_kernels`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepChoice {
+    /// Rows of the step's small-batch calls.
+    pub rows: i64,
+    /// libtorch's intra-op threads.
+    pub threads: i32,
+    /// The kernel every call of the step now uses, or `None` when the
+    /// per-call choices won.
+    pub kernel: Option<LinearKernel>,
+    /// Median seconds of a step under each assignment (`None`: the
+    /// per-call choices).
+    pub seconds: Vec<(Option<LinearKernel>, f64)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     policy: Option<LinearPolicy>,
     slots: HashMap<LinearKey, Slot>,
+    steps: Vec<StepChoice>,
 }
 
 impl State {
@@ -344,6 +378,9 @@ enum Scope {
     Tuned,
     /// Undecided keys take their candidates in turn and are timed.
     Calibrating,
+    /// A whole-step trial: every call takes this kernel, or its key's
+    /// per-call choice when `None`; nothing is timed per call.
+    Confirming(Option<LinearKernel>),
 }
 
 thread_local! {
@@ -403,7 +440,7 @@ fn policy_from_env() -> Result<LinearPolicy> {
 /// [`calibrate_kernels`] step, calls keep calibrating.
 pub fn with_tuned_kernels<T>(f: impl FnOnce() -> T) -> T {
     let scope = match SCOPE.with(Cell::get) {
-        Scope::Calibrating => Scope::Calibrating,
+        inner @ (Scope::Calibrating | Scope::Confirming(_)) => inner,
         _ => Scope::Tuned,
     };
     let _guard = ScopeGuard::enter(scope);
@@ -427,7 +464,10 @@ pub fn is_calibrated(keys: impl IntoIterator<Item = LinearKey>) -> Result<bool> 
 /// Calibrates the small-batch linear calls that `step` makes: runs it until
 /// every key it calls has been timed with every candidate (at most
 /// [`MAX_CALIBRATION_RUNS`] times), its calls taking the candidates in
-/// turn. `step` must be repeatable and leave no trace (a decoding step
+/// turn; then times whole steps with those per-call choices against each
+/// candidate used for every call ([`STEP_ROUNDS`] interleaved rounds) and
+/// keeps the assignment with the fastest median step. `step` must be
+/// repeatable and leave no trace (a decoding step
 /// whose cache is rolled back afterwards): its results are computed with
 /// kernels still on trial and must be discarded. Does nothing under
 /// [`LinearPolicy::Fixed`].
@@ -450,17 +490,104 @@ pub fn calibrate_kernels<E: From<Error>>(
         let done = touched
             .iter()
             .all(|k| matches!(st.slots.get(k), Some(Slot::Chosen(_))));
+        drop(st);
         if done {
-            return Ok(());
+            return confirm_by_steps(&touched, &mut step);
         }
     }
+    {
+        let mut st = lock();
+        for &key in &touched {
+            if let Some(slot) = st.slots.get_mut(&key) {
+                slot.record(key, None, 0.0, true);
+            }
+        }
+    }
+    confirm_by_steps(&touched, &mut step)
+}
+
+/// The median of `v` (infinite when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
+}
+
+/// The whole-step phase of [`calibrate_kernels`] over the keys one step
+/// touched (all with the same number of rows).
+fn confirm_by_steps<E: From<Error>>(
+    touched: &HashSet<LinearKey>,
+    step: &mut impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let Some(first) = touched.iter().next().copied() else {
+        return Ok(());
+    };
+    // Candidates every key can take (all keys of a step share their rows).
+    let kernels: Vec<LinearKernel> = LinearKernel::candidates(first.rows)
+        .into_iter()
+        .filter(|&k| {
+            touched
+                .iter()
+                .all(|key| LinearKernel::candidates(key.rows).contains(&k))
+        })
+        .collect();
+    let assignments: Vec<Option<LinearKernel>> = std::iter::once(None)
+        .chain(kernels.into_iter().map(Some))
+        .collect();
+    let mut times = vec![Vec::new(); assignments.len()];
+    let mut rounds = STEP_ROUNDS.0;
+    let mut round = 0;
+    while round < rounds {
+        for (i, &assignment) in assignments.iter().enumerate() {
+            let _guard = ScopeGuard::enter(Scope::Confirming(assignment));
+            let start = Instant::now();
+            step()?;
+            times[i].push(start.elapsed().as_secs_f64());
+        }
+        if round == 0 {
+            let one_round: f64 = times.iter().map(|t| t[0]).sum();
+            let wanted = (STEP_SECONDS / one_round.max(1e-9)).ceil();
+            rounds = (wanted.min(STEP_ROUNDS.1 as f64) as usize).max(STEP_ROUNDS.0);
+        }
+        round += 1;
+    }
+    let seconds: Vec<(Option<LinearKernel>, f64)> = assignments
+        .iter()
+        .copied()
+        .zip(times.iter().map(|t| median(t)))
+        .collect();
+    // Ties go to the per-call choices (listed first).
+    let best = seconds
+        .iter()
+        .fold(
+            None::<(Option<LinearKernel>, f64)>,
+            |acc, &(a, t)| match acc {
+                Some((_, bt)) if bt <= t => acc,
+                _ => Some((a, t)),
+            },
+        )
+        .and_then(|(a, _)| a);
     let mut st = lock();
-    for key in touched {
-        if let Some(slot) = st.slots.get_mut(&key) {
-            slot.record(key, None, 0.0, true);
+    if let Some(kernel) = best {
+        for key in touched {
+            if let Some(Slot::Chosen(choice)) = st.slots.get_mut(key) {
+                choice.kernel = kernel;
+            }
         }
     }
+    st.steps.push(StepChoice {
+        rows: first.rows,
+        threads: first.threads,
+        kernel: best,
+        seconds,
+    });
     Ok(())
+}
+
+/// Every whole-step confirmation finished so far in this process, in
+/// order.
+pub fn step_choices() -> Vec<StepChoice> {
+    lock().steps.clone()
 }
 
 /// Every calibration finished so far in this process, sorted by key.
@@ -496,6 +623,7 @@ pub(crate) fn small_batch_linear(
         let mut st = lock();
         match (st.policy()?, scope) {
             (LinearPolicy::Fixed(k), _) => (k, None),
+            (LinearPolicy::Calibrate, Scope::Confirming(Some(k))) => (k, None),
             (LinearPolicy::Calibrate, Scope::Calibrating) => {
                 TOUCHED.with(|t| t.borrow_mut().insert(key));
                 st.slots

@@ -189,7 +189,9 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
         // One call per run: every candidate's warm-up and timed calls.
         let needed = LinearKernel::candidates(3).len() * (SAMPLES + 1);
         assert!(runs >= needed.min(MAX_CALIBRATION_RUNS), "{runs} runs");
-        assert!(runs <= MAX_CALIBRATION_RUNS);
+        // Then the whole-step phase: every assignment once per round.
+        let confirm = (1 + LinearKernel::candidates(3).len()) * STEP_ROUNDS.1;
+        assert!(runs <= MAX_CALIBRATION_RUNS + confirm, "{runs} runs");
         assert!(is_calibrated([k]).unwrap());
         let chosen = linear_choices().into_iter().find(|c| c.key == k).unwrap();
         outside = Some(chosen.kernel);
@@ -201,4 +203,73 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
         let tuned = with_tuned_kernels(|| small_batch_linear(&x, &w, None, k)).unwrap();
         assert!(tuned.equal(&kernel.apply(&x, &w, None).unwrap()));
     }
+}
+
+/// Calibrates a one-call step that is slow (5 ms) unless the whole-step
+/// phase runs it under `fast`; returns the key's kernel and the phase's
+/// record.
+fn calibrate_with_fast_assignment(
+    fast: Option<LinearKernel>,
+    threads: i32,
+) -> (LinearKernel, LinearKernel, StepChoice) {
+    let opts = (Kind::Float, Device::Cpu);
+    let w = Tensor::randn([29, 5], opts);
+    let x = Tensor::randn([3, 5], opts);
+    let k = LinearKey {
+        out_dim: 29,
+        in_dim: 5,
+        rows: 3,
+        bias: false,
+        kind: Kind::Float,
+        device: Device::Cpu,
+        threads,
+    };
+    calibrate_kernels(|| {
+        if SCOPE.with(Cell::get) != Scope::Confirming(fast) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _y = small_batch_linear(&x, &w, None, k)?;
+        Ok::<(), Error>(())
+    })
+    .unwrap();
+    let choice = linear_choices().into_iter().find(|c| c.key == k).unwrap();
+    let per_call = choose(
+        k,
+        &choice.seconds.iter().map(|s| s.0).collect::<Vec<_>>(),
+        &choice.seconds.iter().map(|s| s.1).collect::<Vec<_>>(),
+    )
+    .kernel;
+    let step = step_choices()
+        .into_iter()
+        .rfind(|c| c.threads == threads)
+        .unwrap();
+    (choice.kernel, per_call, step)
+}
+
+#[test]
+fn the_whole_step_phase_keeps_the_assignment_with_the_fastest_step() {
+    if linear_policy().unwrap() != LinearPolicy::Calibrate {
+        return; // DAMRO_LINEAR_KERNEL pins a kernel: nothing is calibrated.
+    }
+    // One kernel for every call wins: it replaces the per-call winner.
+    let (kernel, _, step) = calibrate_with_fast_assignment(Some(LinearKernel::WeightLeft), -9);
+    assert_eq!(kernel, LinearKernel::WeightLeft);
+    assert_eq!(step.kernel, Some(LinearKernel::WeightLeft));
+    assert_eq!(step.rows, 3);
+    assert_eq!(step.seconds.len(), 1 + LinearKernel::candidates(3).len());
+    assert_eq!(step.seconds[0].0, None);
+    let fastest = step
+        .seconds
+        .iter()
+        .map(|s| s.1)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        step.seconds
+            .iter()
+            .all(|&(a, t)| (a == step.kernel) == (t == fastest))
+    );
+    // The per-call choices win: the key keeps its per-call winner.
+    let (kernel, per_call, step) = calibrate_with_fast_assignment(None, -11);
+    assert_eq!(step.kernel, None);
+    assert_eq!(kernel, per_call);
 }
