@@ -132,6 +132,29 @@ fn check_model_cached_equals_full(m: &Llama) {
     assert!(max_diff(&chunked, &full.narrow(1, 0, 10)) < TOL);
     let picked = full.index_select(1, &Tensor::from_slice(&[10i64, 12]));
     assert!(max_diff(&c, &picked) < TOL);
+
+    // A prompt's logits at its last column alone (the final layer then
+    // runs that column only) equal the full forward's, and the cache they
+    // leave decodes the next token as the full forward does; also for a
+    // prompt after a prefix (offset causal mask).
+    let mut cache = m.new_cache(1, 16).unwrap();
+    let last = m
+        .forward(&x.narrow(1, 0, 12), &mut cache, LogitsAt::Last)
+        .unwrap();
+    assert_eq!(last.size(), vec![1, 1, cfg.vocab_size]);
+    assert!(max_diff(&last, &full.narrow(1, 11, 1)) < TOL);
+    let next = m
+        .forward(&x.narrow(1, 12, 1), &mut cache, LogitsAt::Last)
+        .unwrap();
+    assert!(max_diff(&next, &full.narrow(1, 12, 1)) < TOL);
+    let mut cache = m.new_cache(1, 16).unwrap();
+    m.forward(&x.narrow(1, 0, 4), &mut cache, LogitsAt::Last)
+        .unwrap();
+    let tail = m
+        .forward(&x.narrow(1, 4, 9), &mut cache, LogitsAt::Last)
+        .unwrap();
+    assert!(max_diff(&tail, &full.narrow(1, 12, 1)) < TOL);
+    assert_eq!(cache.len(), 13);
 }
 
 #[test]
