@@ -61,6 +61,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // One or two generations per run, each freeing what the next needs.
+    damro::memory::retain_freed_memory();
     cli::exit_code(run(Args::parse()))
 }
 

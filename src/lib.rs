@@ -30,7 +30,8 @@ pub use damro_core::{
     ContrastTokens, ContrastView, CustomContrast, DamroDecoder, DamroSettings, Error, FinishReason,
     Generation, GenerationConfig, ImageSource, LanguageModel, Limit, Mode, ModelOptions,
     PixelTransform, Request, Result, RowStateOf, Rows, SecondImage, Selection, TokenEvent,
-    VcdNoise, VcdSettings, VisualTokens, analysis, cuda, generate, generate_streaming, views,
+    VcdNoise, VcdSettings, VisualTokens, analysis, cuda, generate, generate_streaming, memory,
+    views,
 };
 pub use damro_models::{
     AutoDecoder, Benchmark, Indexing, InstructBlipDecoder, LlavaDecoder, LlavaNextDecoder,

@@ -55,6 +55,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One generation per image: keep freed buffers for the next one.
+    damro::memory::retain_freed_memory();
     let result = match Cli::parse().command {
         Command::Run(args) => run::run(args),
         Command::Score(args) => score::score(args),

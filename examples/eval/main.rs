@@ -85,6 +85,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Thousands of generations: keep freed buffers for the next batch.
+    damro::memory::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::PopeRun(args) => pope::run(args),

@@ -19,6 +19,8 @@
 //!   the decoder attention a capture records.
 //! - [`cuda`]: libtorch's CUDA backend for binaries that do not link it,
 //!   and the one device check every loader uses.
+//! - [`memory`]: an opt-in allocator setting for programs that generate
+//!   again and again.
 //!
 //! Neighbours: `damro-llm` (the LLaMA decoder and its cache),
 //! `damro-vision` (encoders, preprocessing), `damro-outlier` (top-k
@@ -45,6 +47,7 @@ pub mod cuda;
 mod error;
 mod generate;
 mod llama;
+pub mod memory;
 pub mod model;
 mod options;
 mod request;
