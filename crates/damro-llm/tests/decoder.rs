@@ -148,7 +148,8 @@ fn check_model_cached_equals_full(m: &Llama) {
         .unwrap();
     assert!(max_diff(&next, &full.narrow(1, 12, 1)) < TOL);
     let mut cache = m.new_cache(1, 16).unwrap();
-    m.forward(&x.narrow(1, 0, 4), &mut cache, LogitsAt::Last)
+    let _prefix = m
+        .forward(&x.narrow(1, 0, 4), &mut cache, LogitsAt::Last)
         .unwrap();
     let tail = m
         .forward(&x.narrow(1, 4, 9), &mut cache, LogitsAt::Last)
