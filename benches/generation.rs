@@ -26,7 +26,12 @@
 //! Environment: `DAMRO_BENCH_ROUNDS` (default 5), `DAMRO_BENCH_THREADS`
 //! (libtorch intra-op threads, default 2), `DAMRO_BENCH_BATCHES` (default
 //! `1,4`), `DAMRO_BENCH_DEVICE=cuda` on a GPU, `DAMRO_LINEAR_KERNEL` to
-//! force a small-batch linear kernel instead of calibrating.
+//! force a small-batch linear kernel instead of calibrating,
+//! `DAMRO_BENCH_RETAIN=0` to leave malloc's defaults (see
+//! `damro::memory`), `DAMRO_BENCH_MODEL_DIR` to write the model there and keep it,
+//! `DAMRO_BENCH_MODEL=llava7b` for LLaVA-1.5-7B's sizes (6.7B parameters
+//! in the LLM: a GPU's job) and `DAMRO_BENCH_DTYPE=f16` for half-precision
+//! weights.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -65,26 +70,78 @@ fn request(i: usize) -> Request {
     )
 }
 
-fn text_config() -> serde_json::Value {
+/// The bench model's sizes (`DAMRO_BENCH_MODEL`).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    vision_hidden: i64,
+    vision_intermediate: i64,
+    vision_layers: i64,
+    vision_heads: i64,
+    hidden: i64,
+    intermediate: i64,
+    layers: i64,
+    heads: i64,
+}
+
+impl Shape {
+    /// `small` (default): the 68.7M model above. `llava7b`: LLaVA-1.5-7B's
+    /// sizes (CLIP ViT-L/14 at 336 px, LLaMA-7B), for a GPU in f16.
+    fn from_env() -> Self {
+        match std::env::var("DAMRO_BENCH_MODEL").as_deref() {
+            Ok("llava7b") => Shape {
+                vision_hidden: 1024,
+                vision_intermediate: 4096,
+                vision_layers: 24,
+                vision_heads: 16,
+                hidden: 4096,
+                intermediate: 11008,
+                layers: 32,
+                heads: 32,
+            },
+            Ok("small") | Err(_) => Shape {
+                vision_hidden: 256,
+                vision_intermediate: 1024,
+                vision_layers: 12,
+                vision_heads: 4,
+                hidden: 512,
+                intermediate: 1408,
+                layers: 8,
+                heads: 8,
+            },
+            Ok(other) => panic!("DAMRO_BENCH_MODEL={other}: expected small or llava7b"),
+        }
+    }
+}
+
+fn text_config(shape: Shape) -> serde_json::Value {
     json!({
         "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
-        "num_attention_heads": 8, "vocab_size": 32064, "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 4096
+        "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+        "vocab_size": 32064, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096
     })
 }
 
-/// Writes a random LLaVA-1.5-shaped checkpoint (hub layout) with the
-/// fixture's tokenizer and image processor; returns its parameter count.
-fn write_model(dir: &Path) -> i64 {
-    let (vh, vi, layers, th) = (256i64, 1024i64, 12i64, 512i64);
+/// Writes a random LLaVA-1.5-shaped checkpoint (hub layout, weights in
+/// `kind`) with the fixture's tokenizer and image processor; returns its
+/// parameter count.
+fn write_model(dir: &Path, shape: Shape, kind: Kind) -> i64 {
+    let (vh, vi, layers, th) = (
+        shape.vision_hidden,
+        shape.vision_intermediate,
+        shape.vision_layers,
+        shape.hidden,
+    );
+    // Standard deviations scale with 1/sqrt(fan-in) from the small model's.
+    let fan = |base: f64, at: i64, inp: i64| base * (at as f64 / inp as f64).sqrt();
     let config = json!({
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
         "image_token_index": 535, "pad_token_id": 536, "projector_hidden_act": "gelu",
         "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-        "text_config": text_config(),
+        "text_config": text_config(shape),
         "vision_config": {"hidden_size": vh, "intermediate_size": vi, "image_size": 336,
-            "patch_size": 14, "num_attention_heads": 4, "num_hidden_layers": layers,
+            "patch_size": 14, "num_attention_heads": shape.vision_heads,
+            "num_hidden_layers": layers,
             "model_type": "clip_vision_model"}
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -96,7 +153,7 @@ fn write_model(dir: &Path) -> i64 {
     ] {
         std::fs::copy(Path::new(FIXTURE).join(f), dir.join(f)).unwrap();
     }
-    let cfg = LlamaConfigJson::from_value(text_config())
+    let cfg = LlamaConfigJson::from_value(text_config(shape))
         .unwrap()
         .into_config()
         .unwrap();
@@ -131,17 +188,26 @@ fn write_model(dir: &Path) -> i64 {
             add(format!("{p}.{n}.bias"), Tensor::zeros([vh], opts));
         }
         for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(format!("{p}.self_attn.{n}.weight"), rand(&[vh, vh], 0.06));
+            add(
+                format!("{p}.self_attn.{n}.weight"),
+                rand(&[vh, vh], fan(0.06, 256, vh)),
+            );
             add(format!("{p}.self_attn.{n}.bias"), rand(&[vh], 0.02));
         }
-        add(format!("{p}.mlp.fc1.weight"), rand(&[vi, vh], 0.06));
+        add(
+            format!("{p}.mlp.fc1.weight"),
+            rand(&[vi, vh], fan(0.06, 256, vh)),
+        );
         add(format!("{p}.mlp.fc1.bias"), rand(&[vi], 0.02));
-        add(format!("{p}.mlp.fc2.weight"), rand(&[vh, vi], 0.03));
+        add(
+            format!("{p}.mlp.fc2.weight"),
+            rand(&[vh, vi], fan(0.03, 1024, vi)),
+        );
         add(format!("{p}.mlp.fc2.bias"), rand(&[vh], 0.02));
     }
     add(
         "multi_modal_projector.linear_1.weight".into(),
-        rand(&[th, vh], 0.06),
+        rand(&[th, vh], fan(0.06, 256, vh)),
     );
     add(
         "multi_modal_projector.linear_1.bias".into(),
@@ -149,12 +215,17 @@ fn write_model(dir: &Path) -> i64 {
     );
     add(
         "multi_modal_projector.linear_2.weight".into(),
-        rand(&[th, th], 0.044),
+        rand(&[th, th], fan(0.044, 512, th)),
     );
     add(
         "multi_modal_projector.linear_2.bias".into(),
         rand(&[th], 0.02),
     );
+    if kind != Kind::Float {
+        for (_, t) in tensors.iter_mut() {
+            *t = t.to_kind(kind);
+        }
+    }
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, dir.join("model.safetensors")).unwrap();
     tensors.iter().map(|(_, t)| t.numel() as i64).sum()
@@ -188,6 +259,10 @@ fn main() {
         println!("generation bench: skipped (run with `cargo bench --bench generation`)");
         return;
     }
+    // As a program that generates repeatedly should (`damro::memory`);
+    // `DAMRO_BENCH_RETAIN=0` leaves malloc as it is, to measure the gain.
+    let retained = std::env::var("DAMRO_BENCH_RETAIN").as_deref() != Ok("0")
+        && damro::memory::retain_freed_memory();
     let rounds: usize = env_or("DAMRO_BENCH_ROUNDS", 5);
     tch::set_num_threads(env_or("DAMRO_BENCH_THREADS", 2));
     let batches: Vec<usize> = std::env::var("DAMRO_BENCH_BATCHES")
@@ -200,11 +275,26 @@ fn main() {
         _ => Device::Cpu,
     };
     let _no_grad = tch::no_grad_guard();
-    let dir = tempfile::tempdir().unwrap();
-    let params = write_model(dir.path());
+    // `DAMRO_BENCH_MODEL_DIR` keeps the model (e.g. for
+    // `tools/bench_reference.py`, which times the Python reference on it).
+    let temp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var_os("DAMRO_BENCH_MODEL_DIR") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            std::path::PathBuf::from(d)
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let kind = match std::env::var("DAMRO_BENCH_DTYPE").as_deref() {
+        Ok("f16") => Kind::Half,
+        Ok("f32") | Err(_) => Kind::Float,
+        Ok(other) => panic!("DAMRO_BENCH_DTYPE={other}: expected f32 or f16"),
+    };
+    let params = write_model(&dir, Shape::from_env(), kind);
     let mut options = ModelOptions::cpu_f32();
     options.device = device;
-    let decoder = LlavaDecoder::load(dir.path(), options).unwrap();
+    options.kind = kind;
+    let decoder = LlavaDecoder::load(&dir, options).unwrap();
     let damro = DamroSettings::new(2.0, 0.1, 10).unwrap();
     let variants = [
         ("plain", Mode::Plain, BranchExecution::Batched),
@@ -251,6 +341,21 @@ fn main() {
             run(mode, *branches, batch, 4);
         }
     }
+    // With a kept model, the tokens of request 0 (batch 1, 64 new tokens)
+    // per variant go next to it, for a reference to compare against.
+    if std::env::var_os("DAMRO_BENCH_MODEL_DIR").is_some() {
+        let mut tokens = serde_json::Map::new();
+        for (name, mode, branches) in &variants {
+            let mut config = GenerationConfig::greedy(mode.clone(), 64);
+            config.branches = *branches;
+            let out = damro::generate(&decoder, &[request(0)], &config).unwrap();
+            tokens.insert((*name).into(), json!(out[0].token_ids));
+            tokens.insert("prompt_ids".into(), json!(out[0].prompt_ids));
+            tokens.insert(format!("{name}-outliers"), json!(out[0].outliers));
+        }
+        let path = dir.join("bench_tokens.json");
+        std::fs::write(path, serde_json::Value::Object(tokens).to_string()).unwrap();
+    }
     let mut cells = vec![vec![Cell::default(); variants.len()]; batches.len()];
     for _ in 0..rounds {
         for (b, &batch) in batches.iter().enumerate() {
@@ -269,7 +374,7 @@ fn main() {
     }
     println!(
         "{params} parameters, device {device:?}, libtorch threads {}, {rounds} rounds, \
-         64 new tokens (greedy), fp32",
+         64 new tokens (greedy), {kind:?}, freed memory retained: {retained}",
         tch::get_num_threads()
     );
     println!("| batch | variant | first token (s) | per token (ms) | vs plain |");
@@ -284,6 +389,23 @@ fn main() {
                 median(cell.ratio.clone()),
             );
         }
+    }
+    println!("whole-step confirmation (median ms per step; `per-call` = each call's own winner):");
+    for c in damro::nn::linear_kernel::step_choices() {
+        let name =
+            |k: Option<damro::nn::linear_kernel::LinearKernel>| k.map_or("per-call", |k| k.name());
+        let times: Vec<String> = c
+            .seconds
+            .iter()
+            .map(|(k, t)| format!("{} {:.2}", name(*k), t * 1e3))
+            .collect();
+        println!(
+            "  {} rows, {} threads: {} ({})",
+            c.rows,
+            c.threads,
+            name(c.kernel),
+            times.join(", ")
+        );
     }
     println!("small-batch linear kernels (best µs per call of each candidate):");
     for c in damro::nn::linear_kernel::linear_choices() {

@@ -17,6 +17,10 @@ target/debug/examples/generate --model tests/fixtures/llava/models/hub \
     --image tests/fixtures/images/wide_rgb.png --prompt "Describe this image in detail." \
     --mode both --device cuda --dtype f16 --max-new-tokens 16
 DAMRO_BENCH_DEVICE=cuda DAMRO_BENCH_ROUNDS=3 cargo bench -j"$jobs" --bench generation
+# Plain vs DAMRO per token on a LLaVA-1.5-7B-shaped random model in f16
+# (the bench writes ~13.5 GB of weights to a temp dir first).
+DAMRO_BENCH_DEVICE=cuda DAMRO_BENCH_MODEL=llava7b DAMRO_BENCH_DTYPE=f16 DAMRO_BENCH_ROUNDS=3 \
+    cargo bench -j"$jobs" --bench generation
 # Batched evaluation: questions per second at batch 1, 4 and 8 (48 POPE
 # questions on the tiny model, greedy, DAMRO), and the same answers.
 q=$(mktemp -d)
