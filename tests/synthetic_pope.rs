@@ -1,6 +1,7 @@
 //! A slice of the synthetic POPE benchmark (`tests/fixtures/trained/pope`,
 //! questions about held-out scenes of `tools/scenes.py`) run on the trained
-//! tiny LLaVA through the `eval` commands, as the README's table was made:
+//! tiny LLaVA and on its 1,000-step checkpoint (which hallucinates) through
+//! the `eval` commands, as the README's tables were made:
 //! `pope-run` over the three splits, then `pope-score` with both answer
 //! rules. Every reported count and metric is recomputed here from the
 //! answers file and the question labels, with the two rules written out
@@ -173,12 +174,12 @@ fn check_report(
     all
 }
 
-/// Plain decoding, DAMRO (k 2) and the no-image contrast on the slice:
-/// `pope-run`'s report (authors' rule) and `pope-score` with each rule
-/// equal the counts recomputed from the answers; the model answers most
-/// questions right (the full run's figures are in the README).
-#[test]
-fn a_synthetic_pope_slice_scores_as_its_answers_say() {
+/// Plain decoding, DAMRO (k 2) and the no-image contrast on the slice with
+/// the model in `trained/<model>`: `pope-run`'s report (authors' rule) and
+/// `pope-score` with each rule equal the counts recomputed from the
+/// answers; at least `min_right` of the answers are right (the full runs'
+/// figures are in the README).
+fn run_slice(model: &str, min_right: f64) {
     let dir = tempfile::tempdir().unwrap();
     let (splits, labels) = write_slice(dir.path());
     let runs: [(&str, &[&str]); 3] = [
@@ -199,7 +200,7 @@ fn a_synthetic_pope_slice_scores_as_its_answers_say() {
         };
         let run_metrics = dir.path().join(format!("{name}_run.json"));
         let mut run = Args::new("pope-run")
-            .flag("--model", trained().join("llava"))
+            .flag("--model", trained().join(model))
             .flag("--device", "cpu")
             .flag("--images", trained().join("scenes"))
             .flag("--max-new-tokens", "4")
@@ -247,8 +248,20 @@ fn a_synthetic_pope_slice_scores_as_its_answers_say() {
         let right: u64 = by_rule["pope"].iter().map(|c| c[0] + c[2]).sum();
         let total: u64 = by_rule["pope"].iter().flatten().sum();
         assert!(
-            right as f64 >= 0.8 * total as f64,
+            right as f64 >= min_right * total as f64,
             "{name}: {right} of {total} right"
         );
     }
+}
+
+#[test]
+fn a_synthetic_pope_slice_scores_as_its_answers_say() {
+    run_slice("llava", 0.8);
+}
+
+/// The 1,000-step checkpoint answers "yes" too often: many false
+/// positives for the scorer to count.
+#[test]
+fn the_less_trained_model_scores_as_its_answers_say() {
+    run_slice("llava_1000_steps", 0.5);
 }
