@@ -135,27 +135,45 @@ impl Attention {
         })
     }
 
+    /// Under [`LayerContext::last_only`] only the step's last column
+    /// queries: the keys and values of every new token are still computed
+    /// and cached, and that query attends to every key of its row (no
+    /// causal mask); the result is then that column's alone.
+    ///
     /// # Shapes
     /// xs `[batch, step, hidden]`, cos/sin `[batch, step, head_dim]` →
-    /// `[batch, step, hidden]`
+    /// `[batch, step, hidden]` (`[batch, 1, hidden]` under `last_only`)
     fn forward(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(xs)?, self.heads)?;
         let k = split_heads(&self.k_proj.forward(xs)?, self.kv_heads)?;
         let v = split_heads(&self.v_proj.forward(xs)?, self.kv_heads)?;
-        let q = apply_rotary(&q, ctx.cos, ctx.sin)?;
         let k = apply_rotary(&k, ctx.cos, ctx.sin)?;
         let (k, v) = ctx.cache.write(ctx.layer, ctx.start, &k, &v)?;
+        let narrowed;
+        let (queries, cos, sin, mask, causal) = if ctx.last_only {
+            let last = |t: &Tensor| t.f_narrow(1, t.size()[1] - 1, 1);
+            // The last query's row of the step mask ([batch, 1, 1, keys]).
+            let mask = ctx
+                .mask
+                .map(|m| m.f_narrow(2, m.size()[2] - 1, 1))
+                .transpose()?;
+            narrowed = (last(xs)?, last(ctx.cos)?, last(ctx.sin)?, mask);
+            let (x, cos, sin, mask) = &narrowed;
+            (x, cos, sin, mask.as_ref(), false)
+        } else {
+            (xs, ctx.cos, ctx.sin, ctx.mask, ctx.causal)
+        };
+        let q = split_heads(&self.q_proj.forward(queries)?, self.heads)?;
+        let q = apply_rotary(&q, cos, sin)?;
         if let Some(recorder) = ctx.capture.as_deref_mut()
             && recorder.wants_layer(ctx.layer)
         {
-            let (out, weights) =
-                attention_with_weights(&q, &k, &v, ctx.mask, ctx.causal, self.scale)?;
+            let (out, weights) = attention_with_weights(&q, &k, &v, mask, causal, self.scale)?;
             recorder.record(&weights)?;
             return Ok(self.o_proj.forward(&merge_heads(&out)?)?);
         }
         let opts = AttentionOptions {
-            mask: ctx.mask,
-            causal: ctx.causal,
+            mask,
+            causal,
             scale: Some(self.scale),
             gqa: self.heads != self.kv_heads,
         };
@@ -163,38 +181,6 @@ impl Attention {
             Some(first) => attend_rows(ctx.implementation, &q, &k, &v, first, opts)?,
             None => attention_with(ctx.implementation, &q, &k, &v, opts)?,
         };
-        Ok(self.o_proj.forward(&merge_heads(&out)?)?)
-    }
-
-    /// [`Attention::forward`] for the step's last query alone: the keys and
-    /// values of every new token are still computed and cached, but only
-    /// the last column's query attends (to every key of its row, so no
-    /// causal mask). The final layer of a prompt whose logits are wanted
-    /// at its last position needs nothing else.
-    ///
-    /// # Shapes
-    /// xs `[batch, step, hidden]` → `[batch, 1, hidden]`
-    fn forward_last(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
-        let step = xs.size()[1];
-        let last = |t: &Tensor| t.f_narrow(1, step - 1, 1);
-        let k = split_heads(&self.k_proj.forward(xs)?, self.kv_heads)?;
-        let v = split_heads(&self.v_proj.forward(xs)?, self.kv_heads)?;
-        let k = apply_rotary(&k, ctx.cos, ctx.sin)?;
-        let (k, v) = ctx.cache.write(ctx.layer, ctx.start, &k, &v)?;
-        let q = split_heads(&self.q_proj.forward(&last(xs)?)?, self.heads)?;
-        let q = apply_rotary(&q, &last(ctx.cos)?, &last(ctx.sin)?)?;
-        // The last query's row of the step mask ([batch, 1, 1, keys]).
-        let mask = ctx
-            .mask
-            .map(|m| m.f_narrow(2, m.size()[2] - 1, 1))
-            .transpose()?;
-        let opts = AttentionOptions {
-            mask: mask.as_ref(),
-            causal: false,
-            scale: Some(self.scale),
-            gqa: self.heads != self.kv_heads,
-        };
-        let out = attention_with(ctx.implementation, &q, &k, &v, opts)?;
         Ok(self.o_proj.forward(&merge_heads(&out)?)?)
     }
 }
@@ -256,6 +242,9 @@ struct LayerContext<'a> {
     implementation: AttentionImpl,
     /// Set while an attention capture runs.
     capture: Option<&'a mut Recorder>,
+    /// The layer computes the step's last column alone (the final layer
+    /// of a prompt whose logits are wanted only there).
+    last_only: bool,
 }
 
 /// The attention mask of one step, built once and shared by every layer.
@@ -329,28 +318,19 @@ impl DecoderLayer {
         })
     }
 
+    /// # Shapes
+    /// xs `[batch, step, hidden]` → `[batch, step, hidden]`
+    /// (`[batch, 1, hidden]` under [`LayerContext::last_only`])
     fn forward(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(xs)?, ctx)?;
-        let xs = xs.f_add(&attn)?;
-        let mlp = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&xs)?)?;
-        Ok(xs.f_add(&mlp)?)
-    }
-
-    /// [`DecoderLayer::forward`] for the last column only (see
-    /// [`Attention::forward_last`]).
-    ///
-    /// # Shapes
-    /// xs `[batch, step, hidden]` → `[batch, 1, hidden]`
-    fn forward_last(&self, xs: &Tensor, ctx: &mut LayerContext<'_>) -> Result<Tensor> {
-        let step = xs.size()[1];
-        let attn = self
-            .self_attn
-            .forward_last(&self.input_layernorm.forward(xs)?, ctx)?;
-        let xs = xs.f_narrow(1, step - 1, 1)?.f_add(&attn)?;
+        let residual = if ctx.last_only {
+            xs.f_narrow(1, xs.size()[1] - 1, 1)?
+        } else {
+            xs.shallow_clone()
+        };
+        let xs = residual.f_add(&attn)?;
         let mlp = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&xs)?)?;
@@ -536,16 +516,14 @@ impl Llama {
             },
             implementation: self.attention,
             capture,
+            last_only: false,
         };
         let mut xs = input.embeds.shallow_clone();
         let final_layer = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             ctx.layer = i;
-            xs = if last_only && i == final_layer {
-                layer.forward_last(&xs, &mut ctx)?
-            } else {
-                layer.forward(&xs, &mut ctx)?
-            };
+            ctx.last_only = last_only && i == final_layer;
+            xs = layer.forward(&xs, &mut ctx)?;
         }
         Ok(self.norm.forward(&xs)?)
     }
@@ -627,7 +605,7 @@ impl Llama {
         };
         // Logits at the last column of a multi-token step (a prompt): the
         // final layer's attention output and MLP are needed there alone,
-        // about a tenth of a 8-layer prefill saved (a 32-layer one: 1/40).
+        // about a tenth of an 8-layer prefill saved (a 32-layer one: 1/40).
         let last_only = matches!(at, LogitsAt::Last) && step > 1;
         let hidden = self.forward_hidden_with(input, cache, None, last_only)?;
         let hidden = match (at, index) {
