@@ -26,10 +26,10 @@
 //!   shared with the attention), so [`calibrate_kernels`] then times whole
 //!   steps: the per-call choices against every candidate used for all of
 //!   the step's calls, a few interleaved rounds each, and keeps whichever
-//!   gives the fastest median step ([`step_choices`] reports it). Here
-//!   this turned a 2-row step from 12 ms to 9 ms and an 8-row one from
-//!   29 ms to 21 ms, where the per-call winners mixed kernels that slowed
-//!   each other down.
+//!   gives the fastest median step ([`step_choices`] reports it). In a
+//!   probe here the per-call winners made a 2-row step 11-12 ms and an
+//!   8-row one 28-29 ms, against 9 and 21 ms with `weight-left` for every
+//!   call: they mixed kernels that slowed each other down.
 //! - [`with_tuned_kernels`] runs the real steps: each small-batch call
 //!   takes its key's kernel, or `linear` while the key has none.
 //!
@@ -307,6 +307,18 @@ fn fastest(samples: &[f64]) -> f64 {
     samples.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
+/// The entry with the smallest time, the first on ties (`None` when
+/// empty).
+fn first_fastest<T: Copy>(timed: &[(T, f64)]) -> Option<T> {
+    timed
+        .iter()
+        .fold(None::<(T, f64)>, |acc, &(k, t)| match acc {
+            Some((_, bt)) if bt <= t => acc,
+            _ => Some((k, t)),
+        })
+        .map(|(k, _)| k)
+}
+
 /// The candidate with the best time (the first on ties).
 fn choose(key: LinearKey, candidates: &[LinearKernel], best: &[f64]) -> LinearChoice {
     let seconds: Vec<(LinearKernel, f64)> = candidates
@@ -314,13 +326,7 @@ fn choose(key: LinearKey, candidates: &[LinearKernel], best: &[f64]) -> LinearCh
         .copied()
         .zip(best.iter().copied())
         .collect();
-    let kernel = seconds
-        .iter()
-        .fold(None::<(LinearKernel, f64)>, |acc, &(k, t)| match acc {
-            Some((_, bt)) if bt <= t => acc,
-            _ => Some((k, t)),
-        })
-        .map_or(LinearKernel::Linear, |(k, _)| k);
+    let kernel = first_fastest(&seconds).unwrap_or(LinearKernel::Linear);
     LinearChoice {
         key,
         kernel,
@@ -557,16 +563,7 @@ fn confirm_by_steps<E: From<Error>>(
         .zip(times.iter().map(|t| median(t)))
         .collect();
     // Ties go to the per-call choices (listed first).
-    let best = seconds
-        .iter()
-        .fold(
-            None::<(Option<LinearKernel>, f64)>,
-            |acc, &(a, t)| match acc {
-                Some((_, bt)) if bt <= t => acc,
-                _ => Some((a, t)),
-            },
-        )
-        .and_then(|(a, _)| a);
+    let best = first_fastest(&seconds).flatten();
     let mut st = lock();
     if let Some(kernel) = best {
         for key in touched {

@@ -34,16 +34,22 @@ fn names_parse_back_and_unknown_names_are_refused() {
     assert!(err.contains("fast") && err.contains("weight-left"), "{err}");
 }
 
-fn key(rows: i64) -> LinearKey {
+/// An f32 CPU key without bias; tests that calibrate through the shared
+/// state give theirs a thread count no other test uses.
+fn cpu_key(out_dim: i64, in_dim: i64, rows: i64, threads: i32) -> LinearKey {
     LinearKey {
-        out_dim: 64,
-        in_dim: 32,
+        out_dim,
+        in_dim,
         rows,
         bias: false,
         kind: Kind::Float,
         device: Device::Cpu,
-        threads: 1,
+        threads,
     }
+}
+
+fn key(rows: i64) -> LinearKey {
+    cpu_key(64, 32, rows, 1)
 }
 
 #[test]
@@ -167,15 +173,7 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
     let opts = (Kind::Float, Device::Cpu);
     let w = Tensor::randn([23, 7], opts);
     let x = Tensor::randn([3, 7], opts);
-    let k = LinearKey {
-        out_dim: 23,
-        in_dim: 7,
-        rows: 3,
-        bias: false,
-        kind: Kind::Float,
-        device: Device::Cpu,
-        threads: -7,
-    };
+    let k = cpu_key(23, 7, 3, -7);
     let mut runs = 0;
     let mut outside = None;
     calibrate_kernels(|| {
@@ -215,15 +213,7 @@ fn calibrate_with_fast_assignment(
     let opts = (Kind::Float, Device::Cpu);
     let w = Tensor::randn([29, 5], opts);
     let x = Tensor::randn([3, 5], opts);
-    let k = LinearKey {
-        out_dim: 29,
-        in_dim: 5,
-        rows: 3,
-        bias: false,
-        kind: Kind::Float,
-        device: Device::Cpu,
-        threads,
-    };
+    let k = cpu_key(29, 5, 3, threads);
     calibrate_kernels(|| {
         if SCOPE.with(Cell::get) != Scope::Confirming(fast) {
             std::thread::sleep(std::time::Duration::from_millis(5));
