@@ -72,9 +72,10 @@ pub enum LinearKernel {
     /// its GEMV or wider GEMMs, and a weight that fits in the caches is
     /// read from memory once for all pairs.
     Pairs,
-    /// damro's own AVX-512 / AVX2 kernel ([`native`]): the weight streamed
-    /// once, four rows at a time, against every input row. Offered only on
-    /// x86-64 CPUs that have the instructions.
+    /// damro's own AVX-512 / AVX2 kernel ([`native`]): each weight read
+    /// from memory once for every input row (register blocks of weight
+    /// and input rows from four rows on), split over libtorch's OpenMP
+    /// threads. Offered only on x86-64 CPUs that have the instructions.
     Native,
 }
 
@@ -646,5 +647,6 @@ pub(crate) fn small_batch_linear(
 }
 
 pub mod native;
+mod pool;
 #[cfg(test)]
 mod tests;

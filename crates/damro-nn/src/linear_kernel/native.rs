@@ -1,26 +1,41 @@
 //! damro's own small-batch `x Wᵀ + b` for x86-64 CPUs with AVX-512 or
 //! AVX2 + FMA: the [`super::LinearKernel::Native`] candidate.
 //!
-//! A decoding step's linear layer has a few rows and a weight of megabytes,
-//! so the work is bound by streaming the weight from memory. The kernel
-//! reads the weight once, row after row in memory order (so the hardware
-//! prefetchers see one stream), and multiplies each weight row with every
-//! input row while it sits in L1 (input rows in groups of up to eight, the
-//! accumulators in registers; fewer rows unroll the inner dimension). Where the BLAS that libtorch ships runs small GEMMs far
-//! below the memory speed (MKL on AMD Zen: 2x to 4x for 4 to 8 rows), this
-//! keeps 8 or 16 rows close to the cost of one; where the BLAS is good,
-//! calibration keeps the BLAS. Weights of at least [`PARALLEL_BYTES`] are
-//! split over libtorch's intra-op thread count by output rows.
+//! A decoding step's linear layer has a few rows and a weight of megabytes.
+//! Up to three input rows stream the weight row after row in memory order
+//! against every input row (one stream for the hardware prefetchers; the
+//! work is bound by memory). Four rows or more are register blocks: a few
+//! weight rows (four on AVX-512, two on AVX2) against up to four input
+//! rows, so every vector loaded feeds several FMAs; the block's input
+//! groups run one after the other while its weight rows sit in L1, each
+//! weight is read from memory once, and the block prefetches the next
+//! block's weight rows (several row streams at once are what the hardware
+//! prefetchers follow poorly). Where the BLAS that libtorch ships runs
+//! small GEMMs far below the memory speed (MKL on AMD Zen), this keeps 4 or
+//! 8 rows close to the cost of one; where the BLAS is good, calibration
+//! keeps the BLAS.
+//!
+//! Weights of at least [`PARALLEL_BYTES`] are split by output rows over
+//! libtorch's intra-op threads, on the OpenMP team libtorch itself runs on;
+//! without one, over scoped threads of our own for weights of at least
+//! [`SPAWN_BYTES`] (starting a thread costs more than a small weight).
 //!
 //! Each output is a plain sum over `k` in lane order, so results differ
-//! from BLAS only in summation order (about 1e-7 relative in f32).
+//! from BLAS only in summation order (about 1e-7 relative in f32), and do
+//! not depend on the thread count.
 
 use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
-/// Weights of at least this many bytes are split over threads.
-pub const PARALLEL_BYTES: usize = 4 << 20;
+use super::pool::Team;
+
+/// Weights of at least this many bytes are split over libtorch's OpenMP
+/// team.
+pub const PARALLEL_BYTES: usize = 256 << 10;
+/// Without an OpenMP team, weights of at least this many bytes are split
+/// over threads of our own.
+pub const SPAWN_BYTES: usize = 4 << 20;
 
 /// The vector instruction set the kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +85,18 @@ pub(super) fn linear_with(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    linear_on(isa, threads, Team::get(), x, weight, bias)
+}
+
+/// [`linear_with`] on a given OpenMP team, or threads of our own (`None`).
+pub(super) fn linear_on(
+    isa: Isa,
+    threads: usize,
+    team: Option<&Team>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (xsize, wsize) = (x.size(), weight.size());
     let (rows, out, inp) = match (&xsize[..], &wsize[..]) {
         (&[r, i], &[o, i2]) if i == i2 && r > 0 && o > 0 && i > 0 => (r, o, i),
@@ -113,38 +140,87 @@ pub(super) fn linear_with(
         w: ws,
         bias: bs,
     };
-    let threads = if out * inp * 4 >= PARALLEL_BYTES {
+    let threshold = if team.is_some() {
+        PARALLEL_BYTES
+    } else {
+        SPAWN_BYTES
+    };
+    let threads = if out * inp * 4 >= threshold {
         threads.min(out / 4).max(1)
     } else {
         1
     };
-    if threads == 1 {
-        problem.run(isa, 0, ys);
-    } else {
-        // Blocks of whole 4-row groups, the last one taking the rest.
-        let per = out.div_ceil(threads).div_ceil(4) * 4;
-        std::thread::scope(|s| {
-            let mut rest = ys;
-            let mut start = 0;
-            let mut mine = None;
-            while !rest.is_empty() {
-                let n = per.min(out - start);
-                let (block, tail) = rest.split_at_mut(n * rows);
-                rest = tail;
-                if mine.is_none() {
-                    mine = Some((start, block));
-                } else {
-                    let p = &problem;
-                    s.spawn(move || p.run(isa, start, block));
+    // Threads own blocks of whole 4-row groups, the last one the rest, so
+    // every output is summed in the same order for any thread count.
+    let block_rows = |threads: usize| out.div_ceil(threads).div_ceil(4) * 4;
+    match team {
+        _ if threads == 1 => problem.run(isa, 0, ys),
+        Some(team) => {
+            let output = SharedOutput(ys.as_mut_ptr());
+            let work = |t: usize, n: usize| {
+                let per = block_rows(n);
+                let (start, end) = ((t * per).min(out), ((t + 1) * per).min(out));
+                if start < end {
+                    // SAFETY: rows `start..end` of the `[out, rows]` output
+                    // belong to thread `t` alone, and the output outlives
+                    // the region (`Team::run` returns after every thread).
+                    let block = unsafe { output.rows(start, end, rows) };
+                    problem.run(isa, start, block);
                 }
-                start += n;
+            };
+            if !team.run(threads, &work) {
+                return Err(Error::config(
+                    "native linear",
+                    "a thread of the OpenMP team panicked",
+                ));
             }
-            if let Some((start, block)) = mine {
-                problem.run(isa, start, block);
-            }
-        });
+        }
+        None => {
+            let per = block_rows(threads);
+            std::thread::scope(|s| {
+                let mut rest = ys;
+                let mut start = 0;
+                let mut mine = None;
+                while !rest.is_empty() {
+                    let n = per.min(out - start);
+                    let (block, tail) = rest.split_at_mut(n * rows);
+                    rest = tail;
+                    if mine.is_none() {
+                        mine = Some((start, block));
+                    } else {
+                        let p = &problem;
+                        s.spawn(move || p.run(isa, start, block));
+                    }
+                    start += n;
+                }
+                if let Some((start, block)) = mine {
+                    problem.run(isa, start, block);
+                }
+            });
+        }
     }
     Ok(yt.f_transpose(0, 1)?.f_contiguous()?)
+}
+
+/// The output's base pointer, shared by the threads of a parallel region
+/// that each write their own rows.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+
+// SAFETY: the threads write disjoint rows ([`SharedOutput::rows`]).
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// Rows `start..end` of a `[_, rows]` output.
+    ///
+    /// # Safety
+    /// The rows must be inside the output and no other thread may use them
+    /// while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, start: usize, end: usize, rows: usize) -> &mut [f32] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start * rows), (end - start) * rows) }
+    }
 }
 
 /// One call's operands as slices.
@@ -203,102 +279,149 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// One block function per input-row group size: the accumulators are
-    /// arrays of const size, kept in registers. (Two weight rows per pass,
-    /// to reuse each input load, measured slower here: 1.5x on an
-    /// `lm_head` with 8 rows.)
+    /// One run function per instruction set. Up to three input rows: one
+    /// weight row at a time against all of them, in memory order (one
+    /// stream, which the hardware prefetchers follow; bound by memory),
+    /// `k` unrolled to keep four FMA chains going. Four rows or more:
+    /// register blocks of `WB` weight rows against up to four input rows,
+    /// every loaded vector used `WB` or four times, the block's input
+    /// groups one after the other while its weight rows sit in L1, so each
+    /// weight is read from memory once and the loop is bound by FMAs rather
+    /// than loads; the block's rows are several streams, which the hardware
+    /// prefetchers follow poorly, so the block prefetches the next one.
     macro_rules! isa_kernel {
-        ($run:ident, $block:ident, $feat:literal, $lanes:literal,
+        ($run:ident, $block:ident, $feat:literal, $lanes:literal, $wb:literal,
          $zero:expr, $load:ident, $fma:ident, $add:ident, $hsum:expr) => {
             /// # Safety
             /// The CPU must have the enabled features; `p` and `yt` as
             /// [`Problem::run`] describes.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn $run(p: &Problem<'_>, o0: usize, yt: &mut [f32]) {
-                for o in 0..yt.len() / p.rows {
+                let n = yt.len() / p.rows;
+                // SAFETY (every block call): as for this function, with
+                // `o0 + o + WB <= out` and `r + RB <= rows`.
+                if p.rows < 4 {
+                    for o in 0..n {
+                        let at = (o0 + o, (0, o));
+                        unsafe {
+                            match p.rows {
+                                1 => $block::<1, 1, 4, false>(p, at.0, at.1, yt),
+                                2 => $block::<1, 2, 2, false>(p, at.0, at.1, yt),
+                                _ => $block::<1, 3, 2, false>(p, at.0, at.1, yt),
+                            }
+                        }
+                    }
+                    return;
+                }
+                let mut o = 0;
+                while o < n {
+                    let wb = if n - o >= $wb { $wb } else { 1 };
                     let mut r = 0;
                     while r < p.rows {
-                        let rb = (p.rows - r).min(MAX_GROUP);
+                        let rb = (p.rows - r).min(4);
                         let (go, at) = (o0 + o, (r, o));
-                        // SAFETY: as for this function. Fewer input rows
-                        // unroll `k` more, to keep four FMA chains going.
                         unsafe {
-                            match rb {
-                                1 => $block::<1, 4>(p, go, at, yt),
-                                2 => $block::<2, 2>(p, go, at, yt),
-                                3 => $block::<3, 2>(p, go, at, yt),
-                                4 => $block::<4, 1>(p, go, at, yt),
-                                5 => $block::<5, 1>(p, go, at, yt),
-                                6 => $block::<6, 1>(p, go, at, yt),
-                                7 => $block::<7, 1>(p, go, at, yt),
-                                _ => $block::<8, 1>(p, go, at, yt),
+                            match (wb, rb) {
+                                ($wb, 1) => $block::<$wb, 1, 1, true>(p, go, at, yt),
+                                ($wb, 2) => $block::<$wb, 2, 1, true>(p, go, at, yt),
+                                ($wb, 3) => $block::<$wb, 3, 1, true>(p, go, at, yt),
+                                ($wb, _) => $block::<$wb, 4, 1, true>(p, go, at, yt),
+                                (_, 1) => $block::<1, 1, 1, true>(p, go, at, yt),
+                                (_, 2) => $block::<1, 2, 1, true>(p, go, at, yt),
+                                (_, 3) => $block::<1, 3, 1, true>(p, go, at, yt),
+                                (_, _) => $block::<1, 4, 1, true>(p, go, at, yt),
                             }
                         }
                         r += rb;
                     }
+                    o += wb;
                 }
             }
 
-            /// Output `go` for input rows `r..r + RB`, written at
-            /// `yt[o * rows + r + i]` (`at` = `(r, o)`); `k` unrolled `U`
-            /// times.
+            /// Outputs `go..go + WB` for input rows `r..r + RB`, written at
+            /// `yt[(o + j) * rows + r + i]` (`at` = `(r, o)`); `k` unrolled
+            /// `U` times; `PF`: prefetch the next block's weight rows.
             ///
             /// # Safety
-            /// As the run function; `go < out`, `r + RB <= rows`.
+            /// As the run function; `go + WB <= out`, `r + RB <= rows`.
             #[target_feature(enable = $feat)]
-            unsafe fn $block<const RB: usize, const U: usize>(
+            unsafe fn $block<const WB: usize, const RB: usize, const U: usize, const PF: bool>(
                 p: &Problem<'_>,
                 go: usize,
                 (r, o): (usize, usize),
                 yt: &mut [f32],
             ) {
                 let k = p.k;
-                // SAFETY: row `go < out` of the `[out, k]` weight.
-                let w = unsafe { p.w.as_ptr().add(go * k) };
-                let x = p.x.as_ptr();
-                let mut acc = [[$zero; RB]; U];
+                // SAFETY: rows `go..go + WB <= out` of the `[out, k]`
+                // weight and `r..r + RB <= rows` of the `[rows, k]` input.
+                let (w, x) = unsafe { (p.w.as_ptr().add(go * k), p.x.as_ptr().add(r * k)) };
+                let mut acc = [[[$zero; RB]; WB]; U];
+                // The block's rows are several streams, which the
+                // hardware prefetchers follow poorly: the input groups
+                // prefetch the next block's weight rows (contiguous after
+                // this block's), each group a share, as much per step as
+                // the step consumes.
+                let next = w.wrapping_add(WB * k) as *const i8;
+                let groups = p.rows.div_ceil(4);
+                let share = WB * k * 4 / groups;
+                let per_step = (WB * $lanes * 4).div_ceil(groups);
+                let mut pf_at = r / 4 * share;
+                let mut pf_to = pf_at;
                 let mut kk = 0;
                 while kk + U * $lanes <= k {
                     for (u, accs) in acc.iter_mut().enumerate() {
                         let at = kk + u * $lanes;
-                        // SAFETY: `at + lanes <= k` within the weight row
-                        // and within input rows `r + i < rows`.
-                        let wv = unsafe { $load(w.add(at)) };
-                        for (i, a) in accs.iter_mut().enumerate() {
-                            let xv = unsafe { $load(x.add((r + i) * k + at)) };
-                            *a = $fma(wv, xv, *a);
+                        pf_to += per_step;
+                        while PF && pf_at < pf_to {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(pf_at));
+                            pf_at += 64;
+                        }
+                        // SAFETY: `at + lanes <= k`, inside every row.
+                        let mut xv = [$zero; RB];
+                        for (i, v) in xv.iter_mut().enumerate() {
+                            *v = unsafe { $load(x.add(i * k + at)) };
+                        }
+                        for (j, row) in accs.iter_mut().enumerate() {
+                            let wv = unsafe { $load(w.add(j * k + at)) };
+                            for (a, v) in row.iter_mut().zip(xv) {
+                                *a = $fma(wv, v, *a);
+                            }
                         }
                     }
                     kk += U * $lanes;
                 }
                 while kk + $lanes <= k {
-                    // SAFETY: as above.
-                    let wv = unsafe { $load(w.add(kk)) };
-                    for (i, a) in acc[0].iter_mut().enumerate() {
-                        let xv = unsafe { $load(x.add((r + i) * k + kk)) };
-                        *a = $fma(wv, xv, *a);
+                    for (j, row) in acc[0].iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        let wv = unsafe { $load(w.add(j * k + kk)) };
+                        for (i, a) in row.iter_mut().enumerate() {
+                            let xv = unsafe { $load(x.add(i * k + kk)) };
+                            *a = $fma(wv, xv, *a);
+                        }
                     }
                     kk += $lanes;
                 }
-                for i in 0..RB {
-                    let mut v = acc[0][i];
-                    for accs in &acc[1..] {
-                        v = $add(v, accs[i]);
+                for j in 0..WB {
+                    for i in 0..RB {
+                        let mut v = acc[0][j][i];
+                        for accs in &acc[1..] {
+                            v = $add(v, accs[j][i]);
+                        }
+                        yt[(o + j) * p.rows + r + i] = p.finish(go + j, r + i, kk, $hsum(v));
                     }
-                    yt[o * p.rows + r + i] = p.finish(go, r + i, kk, $hsum(v));
                 }
             }
         };
     }
 
-    /// Input rows multiplied against one weight row in one pass.
-    const MAX_GROUP: usize = 8;
-
+    // AVX-512 has 32 vector registers: 4 x 4 accumulators and 5 operands.
+    // AVX2 has 16: 2 x 4 accumulators and 5 operands.
     isa_kernel!(
         run_avx512,
         block_avx512,
         "avx512f",
         16,
+        4,
         _mm512_setzero_ps(),
         _mm512_loadu_ps,
         _mm512_fmadd_ps,
@@ -310,6 +433,7 @@ mod x86 {
         block_avx2,
         "avx2,fma",
         8,
+        2,
         _mm256_setzero_ps(),
         _mm256_loadu_ps,
         _mm256_fmadd_ps,

@@ -128,6 +128,17 @@ fn the_native_kernel_matches_the_definition_on_every_block_shape() {
     let one = native::linear_with(best, 1, &x, &w, None).unwrap();
     let three = native::linear_with(best, 3, &x, &w, None).unwrap();
     assert!(one.equal(&three));
+    // The same split over threads of our own (no OpenMP team), above the
+    // threshold for those.
+    let w_big = Tensor::randn([1030, native::SPAWN_BYTES as i64 / 4 / 1030 + 1], opts);
+    let x_big = Tensor::randn([5, w_big.size()[1]], opts);
+    let own = native::linear_on(best, 3, None, &x_big, &w_big, None).unwrap();
+    assert!(own.equal(&native::linear_on(best, 1, None, &x_big, &w_big, None).unwrap()));
+    let err = (own - x_big.linear(&w_big, None::<&Tensor>))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-3, "{err}");
     let err = (one - x.linear(&w, None::<&Tensor>))
         .abs()
         .max()
