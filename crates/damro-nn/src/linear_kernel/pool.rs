@@ -45,12 +45,10 @@ extern "C" fn enter(data: *mut c_void) {
     // SAFETY: the team's queries take no arguments and are called inside
     // the parallel region, as OpenMP requires.
     let (t, n) = unsafe { ((region.team.thread_num)(), (region.team.num_threads)()) };
-    let (t, n) = (
-        usize::try_from(t).unwrap_or(0),
-        usize::try_from(n).unwrap_or(1),
-    );
+    let n = usize::try_from(n).unwrap_or(1).max(1);
+    let t = usize::try_from(t).unwrap_or(0).min(n - 1);
     // A panic must not unwind into C; it is reported to the caller.
-    let run = std::panic::AssertUnwindSafe(|| (region.work)(t.min(n - 1), n.max(1)));
+    let run = std::panic::AssertUnwindSafe(|| (region.work)(t, n));
     if std::panic::catch_unwind(run).is_err() {
         region.panicked.store(true, Ordering::Relaxed);
     }
