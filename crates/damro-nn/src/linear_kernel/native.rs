@@ -257,10 +257,18 @@ impl Problem<'_> {
     }
 
     /// The scalar tail `k0..k` of output `o` for input row `r`, plus bias.
+    #[inline(always)]
     fn finish(&self, o: usize, r: usize, k0: usize, sum: f32) -> f32 {
-        let (w, x) = (&self.w[o * self.k..], &self.x[r * self.k..]);
-        let tail: f32 = (k0..self.k).map(|i| w[i] * x[i]).sum();
-        sum + tail + self.bias.map_or(0.0, |b| b[o])
+        let sum = if k0 < self.k {
+            let (w, x) = (&self.w[o * self.k..], &self.x[r * self.k..]);
+            sum + (k0..self.k).map(|i| w[i] * x[i]).sum::<f32>()
+        } else {
+            sum
+        };
+        match self.bias {
+            Some(b) => sum + b[o],
+            None => sum,
+        }
     }
 }
 
