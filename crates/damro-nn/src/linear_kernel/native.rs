@@ -10,19 +10,19 @@
 //! groups run one after the other while its weight rows sit in L1, each
 //! weight is read from memory once, and the block prefetches the next
 //! block's weight rows into L2 (several row streams at once are what the
-//! hardware prefetchers follow poorly). Where the BLAS that libtorch ships runs
-//! small GEMMs far below the memory speed (MKL on AMD Zen), this keeps 4 or
-//! 8 rows close to the cost of one; where the BLAS is good, calibration
-//! keeps the BLAS.
+//! hardware prefetchers follow poorly). Where the BLAS that libtorch ships
+//! runs small GEMMs far below the memory speed (MKL on AMD Zen), this keeps
+//! 4 or 8 rows close to the cost of one; where the BLAS is good,
+//! calibration keeps the BLAS.
 //!
 //! Weights of at least [`PARALLEL_BYTES`] are split by output rows over
 //! libtorch's intra-op threads, on the OpenMP team libtorch itself runs on;
 //! without one, over scoped threads of our own for weights of at least
 //! [`SPAWN_BYTES`] (starting a thread costs more than a small weight).
 //!
-//! Each output is a plain sum over `k` in lane order, so results differ
-//! from BLAS only in summation order (about 1e-7 relative in f32), and do
-//! not depend on the thread count.
+//! Each output is summed in a fixed order (per lane and unrolled step, then
+//! across them), so results differ from BLAS only in summation order
+//! (about 1e-7 relative in f32) and do not depend on the thread count.
 
 use tch::{Device, Kind, Tensor};
 
@@ -294,8 +294,7 @@ mod x86 {
     /// chains, each output's horizontal sum spread over more work:
     /// unrolling 8 times instead of 4 and 2 made the bench model's 1- and
     /// 2-row linear layers 5-10% faster on an AMD EPYC Zen 4). Four rows or
-    /// more:
-    /// register blocks of `WB` weight rows against up to four input rows,
+    /// more: register blocks of `WB` weight rows against up to four input rows,
     /// every loaded vector used `WB` or four times, the block's input
     /// groups one after the other while its weight rows sit in L1, so each
     /// weight is read from memory once and the loop is bound by FMAs rather
@@ -377,17 +376,20 @@ mod x86 {
                 // model's linear layers took 9.5 and 13.0 ms against 7.2
                 // and 10.1 ms into L2, on an AMD EPYC Zen 4.)
                 let next = w.wrapping_add(WB * k) as *const i8;
-                let groups = p.rows.div_ceil(4);
-                let share = WB * k * 4 / groups;
-                let per_step = (WB * $lanes * 4).div_ceil(groups);
-                let mut pf_at = r / 4 * share;
+                let (per_step, mut pf_at) = if PF {
+                    let groups = p.rows.div_ceil(4).max(1);
+                    let share = WB * k * 4 / groups;
+                    ((WB * $lanes * 4).div_ceil(groups), r / 4 * share)
+                } else {
+                    (0, 0)
+                };
                 let mut pf_to = pf_at;
                 let mut kk = 0;
                 while kk + U * $lanes <= k {
                     for (u, accs) in acc.iter_mut().enumerate() {
                         let at = kk + u * $lanes;
                         pf_to += per_step;
-                        while PF && pf_at < pf_to {
+                        while pf_at < pf_to {
                             _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(pf_at));
                             pf_at += 64;
                         }
