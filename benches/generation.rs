@@ -391,6 +391,7 @@ fn main() {
         }
     }
     println!("whole-step confirmation (median ms per step; `per-call` = each call's own winner):");
+    let attention_name = |native: bool| if native { "damro-decode" } else { "libtorch" };
     for c in damro::nn::linear_kernel::step_choices() {
         let name =
             |k: Option<damro::nn::linear_kernel::LinearKernel>| k.map_or("per-call", |k| k.name());
@@ -399,12 +400,20 @@ fn main() {
             .iter()
             .map(|(k, t)| format!("{} {:.2}", name(*k), t * 1e3))
             .collect();
+        let attention: Vec<String> = c
+            .attention_seconds
+            .iter()
+            .map(|(native, t)| format!("{} {:.2}", attention_name(*native), t * 1e3))
+            .collect();
         println!(
-            "  {} rows, {} threads: {} ({})",
+            "  {} rows, {} threads: {} ({}); attention {} ({})",
             c.rows,
             c.threads,
             name(c.kernel),
-            times.join(", ")
+            times.join(", "),
+            c.native_attention
+                .map_or("libtorch (only offer)", attention_name),
+            attention.join(", ")
         );
     }
     println!("small-batch linear kernels (best µs per call of each candidate):");

@@ -12,7 +12,7 @@
 //! ([`LogitsAt`]), never for a whole prefill unless requested.
 
 use damro_nn::attention::{
-    AttentionImpl, AttentionOptions, attention_with, merge_heads, split_heads,
+    AttentionImpl, AttentionOptions, attention_with, decode_attention, merge_heads, split_heads,
 };
 use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights, linear_kernel};
 use tch::{Kind, Tensor};
@@ -178,6 +178,7 @@ impl Attention {
             gqa: self.heads != self.kv_heads,
         };
         let out = match ctx.row_starts {
+            Some(first) if ctx.native_attention => decode_attention(&q, &k, &v, first, self.scale)?,
             Some(first) => attend_rows(ctx.implementation, &q, &k, &v, first, opts)?,
             None => attention_with(ctx.implementation, &q, &k, &v, opts)?,
         };
@@ -236,9 +237,14 @@ struct LayerContext<'a> {
     mask: Option<&'a Tensor>,
     /// Causal masking from column 0 instead of a mask.
     causal: bool,
-    /// Per row, the first real key column, when rows attend one at a time
-    /// (left-padded decode steps on the CPU; see [`attend_rows`]).
+    /// Per row, the first real key column, when each row attends over its
+    /// own keys alone: left-padded decode steps on the CPU (one call per
+    /// row, [`attend_rows`]), and every decode step that takes damro's own
+    /// decode kernel.
     row_starts: Option<&'a [i64]>,
+    /// Decode steps attend with damro's own kernel
+    /// ([`damro_nn::attention::decode`]: every row and head in one call).
+    native_attention: bool,
     implementation: AttentionImpl,
     /// Set while an attention capture runs.
     capture: Option<&'a mut Recorder>,
@@ -499,7 +505,26 @@ impl Llama {
         let (cos, sin) = self
             .rotary
             .cos_sin(&step.positions, step.max_row_len, self.kind)?;
-        let mask = step_attention_mask(&step.mask, cache, self.kind, self.attention)?;
+        // damro's decode kernel where the calibration chose it (SDPA
+        // semantics: the eager kernel stays HF's, for parity checks).
+        let native_attention = step_len == 1
+            && self.attention == AttentionImpl::Sdpa
+            && linear_kernel::native_decode_attention(cache.batch(), self.kind, self.device());
+        let every_key;
+        let row_starts = match &step.mask {
+            StepMask::Ranges(first) if self.device() == tch::Device::Cpu => Some(first.as_slice()),
+            StepMask::None if native_attention => {
+                every_key = vec![0; cache.batch() as usize];
+                Some(every_key.as_slice())
+            }
+            _ => None,
+        };
+        // Rows attending over their own keys need no mask, unless a
+        // capture reads it.
+        let mask = match row_starts {
+            Some(_) if capture.is_none() => None,
+            _ => step_attention_mask(&step.mask, cache, self.kind, self.attention)?,
+        };
         let mut ctx = LayerContext {
             cache,
             layer: 0,
@@ -508,12 +533,8 @@ impl Llama {
             sin: &sin,
             mask: mask.as_ref(),
             causal: matches!(step.mask, StepMask::Causal),
-            row_starts: match &step.mask {
-                StepMask::Ranges(first) if self.device() == tch::Device::Cpu => {
-                    Some(first.as_slice())
-                }
-                _ => None,
-            },
+            row_starts,
+            native_attention,
             implementation: self.attention,
             capture,
             last_only: false,

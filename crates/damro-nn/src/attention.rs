@@ -5,6 +5,10 @@ use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
+pub mod decode;
+
+pub use decode::{decode_attention, decode_attention_available};
+
 /// Splits the last dimension into heads.
 ///
 /// # Shapes

@@ -43,6 +43,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+mod cpu;
 mod error;
 pub mod key_map;
 pub mod limits;

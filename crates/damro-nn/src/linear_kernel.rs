@@ -1,5 +1,6 @@
-//! Which libtorch call [`crate::Linear`] uses for the few rows of a
-//! decoding step, chosen by timing the candidates on the machine it runs on.
+//! Which kernel [`crate::Linear`] uses for the few rows of a decoding step,
+//! and which attention the step uses, chosen by timing the candidates on
+//! the machine it runs on.
 //!
 //! A decoding step feeds each linear layer a handful of rows (one per
 //! request and branch: DAMRO's two branches run as one batched forward).
@@ -30,6 +31,11 @@
 //!   probe here the per-call winners made a 2-row step 11-12 ms and an
 //!   8-row one 28-29 ms, against 9 and 21 ms with `weight-left` for every
 //!   call: they mixed kernels that slowed each other down.
+//! - The step's attention is chosen the same way: with the chosen linear
+//!   kernels, whole steps attending with damro's own decode kernel
+//!   ([`crate::attention::decode`]: every row and head in one call)
+//!   against libtorch's attention, interleaved
+//!   ([`native_decode_attention`]).
 //! - [`with_tuned_kernels`] runs the real steps: each small-batch call
 //!   takes its key's kernel, or `linear` while the key has none.
 //!
@@ -96,7 +102,7 @@ impl LinearKernel {
     /// The kernels worth timing for `rows` rows on this CPU: `Pairs` is
     /// `WeightLeft` for two rows, and `Native` needs AVX-512 or AVX2.
     fn candidates(rows: i64) -> Vec<LinearKernel> {
-        let native = native::isa().is_some();
+        let native = crate::cpu::isa().is_some();
         Self::ALL
             .into_iter()
             .filter(|&k| !(rows == 2 && k == Self::Pairs) && (native || k != Self::Native))
@@ -348,6 +354,13 @@ pub struct StepChoice {
     /// Median seconds of a step under each assignment (`None`: the
     /// per-call choices).
     pub seconds: Vec<(Option<LinearKernel>, f64)>,
+    /// Whether the step's attention now runs on damro's own decode kernel
+    /// ([`crate::attention::decode`]) rather than libtorch's; `None` where
+    /// that kernel is not offered (then libtorch's).
+    pub native_attention: Option<bool>,
+    /// Median seconds of a step with the chosen linear kernels and each
+    /// attention (`true`: damro's), interleaved; empty when not offered.
+    pub attention_seconds: Vec<(bool, f64)>,
 }
 
 #[derive(Debug, Default)]
@@ -355,6 +368,9 @@ struct State {
     policy: Option<LinearPolicy>,
     slots: HashMap<LinearKey, Slot>,
     steps: Vec<StepChoice>,
+    /// Per (rows, threads), whether decode steps attend with damro's own
+    /// kernel, as the last confirmation of that size chose.
+    attention: HashMap<(i64, i32), bool>,
 }
 
 impl State {
@@ -386,8 +402,9 @@ enum Scope {
     /// Undecided keys take their candidates in turn and are timed.
     Calibrating,
     /// A whole-step trial: every call takes this kernel, or its key's
-    /// per-call choice when `None`; nothing is timed per call.
-    Confirming(Option<LinearKernel>),
+    /// per-call choice when `None`, and the attention is damro's own
+    /// decode kernel or not; nothing is timed per call.
+    Confirming(Option<LinearKernel>, bool),
 }
 
 thread_local! {
@@ -447,7 +464,7 @@ fn policy_from_env() -> Result<LinearPolicy> {
 /// [`calibrate_kernels`] step, calls keep calibrating.
 pub fn with_tuned_kernels<T>(f: impl FnOnce() -> T) -> T {
     let scope = match SCOPE.with(Cell::get) {
-        inner @ (Scope::Calibrating | Scope::Confirming(_)) => inner,
+        inner @ (Scope::Calibrating | Scope::Confirming(..)) => inner,
         _ => Scope::Tuned,
     };
     let _guard = ScopeGuard::enter(scope);
@@ -473,8 +490,10 @@ pub fn is_calibrated(keys: impl IntoIterator<Item = LinearKey>) -> Result<bool> 
 /// [`MAX_CALIBRATION_RUNS`] times), its calls taking the candidates in
 /// turn; then times whole steps with those per-call choices against each
 /// candidate used for every call ([`STEP_ROUNDS`] interleaved rounds) and
-/// keeps the assignment with the fastest median step. `step` must be
-/// repeatable and leave no trace (a decoding step
+/// keeps the assignment with the fastest median step; last, where damro's
+/// own decode attention is offered, times whole steps with it against
+/// libtorch's attention ([`native_decode_attention`] then answers the
+/// choice). `step` must be repeatable and leave no trace (a decoding step
 /// whose cache is rolled back afterwards): its results are computed with
 /// kernels still on trial and must be discarded. Does nothing under
 /// [`LinearPolicy::Fixed`].
@@ -541,12 +560,69 @@ fn confirm_by_steps<E: From<Error>>(
     let assignments: Vec<Option<LinearKernel>> = std::iter::once(None)
         .chain(kernels.into_iter().map(Some))
         .collect();
-    let mut times = vec![Vec::new(); assignments.len()];
+    // The linear kernels are compared with the attention a step takes
+    // by default, then the attentions with the chosen linear kernels.
+    let offered = crate::attention::decode_attention_available(first.kind, first.device);
+    let trials: Vec<Scope> = assignments
+        .iter()
+        .map(|&a| Scope::Confirming(a, offered))
+        .collect();
+    let seconds: Vec<(Option<LinearKernel>, f64)> = assignments
+        .iter()
+        .copied()
+        .zip(time_steps(&trials, step)?)
+        .collect();
+    // Ties go to the per-call choices (listed first).
+    let best = first_fastest(&seconds).flatten();
+    let attention_seconds: Vec<(bool, f64)> = if offered {
+        let trials = [
+            Scope::Confirming(best, true),
+            Scope::Confirming(best, false),
+        ];
+        [true, false]
+            .into_iter()
+            .zip(time_steps(&trials, step)?)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Ties go to damro's kernel (listed first).
+    let native_attention = first_fastest(&attention_seconds);
+    let mut st = lock();
+    if let Some(kernel) = best {
+        for key in touched {
+            if let Some(Slot::Chosen(choice)) = st.slots.get_mut(key) {
+                choice.kernel = kernel;
+            }
+        }
+    }
+    if let Some(native) = native_attention {
+        st.attention.insert((first.rows, first.threads), native);
+    }
+    st.steps.push(StepChoice {
+        rows: first.rows,
+        threads: first.threads,
+        kernel: best,
+        seconds,
+        native_attention,
+        attention_seconds,
+    });
+    Ok(())
+}
+
+/// Median seconds of `step` under each scope, the scopes interleaved for
+/// [`STEP_ROUNDS`] rounds (more of them, up to the most, while a round
+/// takes less than [`STEP_SECONDS`]).
+fn time_steps<E: From<Error>>(
+    scopes: &[Scope],
+    step: &mut impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<Vec<f64>, E> {
+    let mut times = vec![Vec::new(); scopes.len()];
     let mut rounds = STEP_ROUNDS.0;
     let mut round = 0;
     while round < rounds {
-        for (i, &assignment) in assignments.iter().enumerate() {
-            let _guard = ScopeGuard::enter(Scope::Confirming(assignment));
+        for (i, &scope) in scopes.iter().enumerate() {
+            let _guard = ScopeGuard::enter(scope);
             let start = Instant::now();
             step()?;
             times[i].push(start.elapsed().as_secs_f64());
@@ -558,28 +634,27 @@ fn confirm_by_steps<E: From<Error>>(
         }
         round += 1;
     }
-    let seconds: Vec<(Option<LinearKernel>, f64)> = assignments
-        .iter()
-        .copied()
-        .zip(times.iter().map(|t| median(t)))
-        .collect();
-    // Ties go to the per-call choices (listed first).
-    let best = first_fastest(&seconds).flatten();
-    let mut st = lock();
-    if let Some(kernel) = best {
-        for key in touched {
-            if let Some(Slot::Chosen(choice)) = st.slots.get_mut(key) {
-                choice.kernel = kernel;
-            }
+    Ok(times.iter().map(|t| median(t)).collect())
+}
+
+/// Whether a decoding step over `rows` rows of `kind` on `device` attends
+/// with damro's own decode kernel ([`crate::attention::decode`]): where
+/// that kernel is offered, as the whole-step confirmation of this row
+/// count and thread count chose (see [`calibrate_kernels`]), and by
+/// default before or without one (the kernel is deterministic, so fixed
+/// policies stay bit-reproducible); during a confirmation, as its trial
+/// says.
+pub fn native_decode_attention(rows: i64, kind: Kind, device: Device) -> bool {
+    if !crate::attention::decode_attention_available(kind, device) {
+        return false;
+    }
+    match SCOPE.with(Cell::get) {
+        Scope::Confirming(_, native) => native,
+        _ => {
+            let key = (rows, tch::get_num_threads());
+            lock().attention.get(&key).copied().unwrap_or(true)
         }
     }
-    st.steps.push(StepChoice {
-        rows: first.rows,
-        threads: first.threads,
-        kernel: best,
-        seconds,
-    });
-    Ok(())
 }
 
 /// Every whole-step confirmation finished so far in this process, in
@@ -621,7 +696,7 @@ pub(crate) fn small_batch_linear(
         let mut st = lock();
         match (st.policy()?, scope) {
             (LinearPolicy::Fixed(k), _) => (k, None),
-            (LinearPolicy::Calibrate, Scope::Confirming(Some(k))) => (k, None),
+            (LinearPolicy::Calibrate, Scope::Confirming(Some(k), _)) => (k, None),
             (LinearPolicy::Calibrate, Scope::Calibrating) => {
                 TOUCHED.with(|t| t.borrow_mut().insert(key));
                 st.slots
@@ -647,6 +722,5 @@ pub(crate) fn small_batch_linear(
 }
 
 pub mod native;
-mod pool;
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
-use super::pool::Team;
+use crate::cpu::{Isa, Team, isa};
 
 /// Weights of at least this many bytes are split over libtorch's OpenMP
 /// team.
@@ -36,30 +36,6 @@ pub const PARALLEL_BYTES: usize = 256 << 10;
 /// Without an OpenMP team, weights of at least this many bytes are split
 /// over threads of our own.
 pub const SPAWN_BYTES: usize = 4 << 20;
-
-/// The vector instruction set the kernel runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Isa {
-    /// 16 f32 lanes.
-    Avx512,
-    /// 8 f32 lanes.
-    Avx2,
-}
-
-/// The best instruction set this CPU offers, if the kernel can run.
-pub(super) fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Isa::Avx512);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Some(Isa::Avx2);
-        }
-    }
-    None
-}
 
 /// `x Wᵀ + b` by the kernel.
 ///
@@ -277,15 +253,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::Problem;
-
-    /// Horizontal sum of 8 lanes.
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum256(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    }
+    use crate::cpu::x86::hsum256;
 
     /// One run function per instruction set. Up to three input rows: one
     /// weight row at a time against all of them, in memory order (one

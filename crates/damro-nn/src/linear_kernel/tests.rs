@@ -56,7 +56,7 @@ fn key(rows: i64) -> LinearKey {
 fn calibration_times_every_candidate_then_keeps_the_fastest() {
     let mut slot = Slot::new(3);
     let candidates = LinearKernel::candidates(3);
-    let native = native::isa().is_some();
+    let native = crate::cpu::isa().is_some();
     assert_eq!(candidates.len(), if native { 4 } else { 3 });
     // Hand-made timings, long enough that `SAMPLES` calls suffice:
     // `Pairs` is fastest, `WeightLeft` slowest.
@@ -88,15 +88,12 @@ fn calibration_times_every_candidate_then_keeps_the_fastest() {
 
 #[test]
 fn the_native_kernel_matches_the_definition_on_every_block_shape() {
-    let Some(best) = native::isa() else {
+    let isas = crate::cpu::isas();
+    let Some(&best) = isas.first() else {
         return; // Not offered on this CPU.
     };
     tch::manual_seed(5);
     let opts = (Kind::Float, Device::Cpu);
-    let mut isas = vec![best];
-    if best == native::Isa::Avx512 {
-        isas.push(native::Isa::Avx2);
-    }
     // 37 inputs: a vector tail for both widths; 301: the loops unrolled 8
     // times (2 x 128 + 45 on AVX-512), then single vectors and a tail; 13
     // outputs: 4-row blocks and single rows; up to 9 rows: every input-row
@@ -202,8 +199,13 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
         // One call per run: every candidate's warm-up and timed calls.
         let needed = LinearKernel::candidates(3).len() * (SAMPLES + 1);
         assert!(runs >= needed.min(MAX_CALIBRATION_RUNS), "{runs} runs");
-        // Then the whole-step phase: every assignment once per round.
-        let confirm = (1 + LinearKernel::candidates(3).len()) * STEP_ROUNDS.1;
+        // Then the whole-step phase: every assignment once per round, and
+        // both attentions where damro's is offered.
+        let attentions = match crate::attention::decode_attention_available(k.kind, k.device) {
+            true => 2,
+            false => 0,
+        };
+        let confirm = (1 + LinearKernel::candidates(3).len() + attentions) * STEP_ROUNDS.1;
         assert!(runs <= MAX_CALIBRATION_RUNS + confirm, "{runs} runs");
         assert!(is_calibrated([k]).unwrap());
         let chosen = linear_choices().into_iter().find(|c| c.key == k).unwrap();
@@ -219,10 +221,10 @@ fn calibration_runs_the_step_until_every_key_is_chosen() {
 }
 
 /// Calibrates a one-call step that is slow (5 ms) unless the whole-step
-/// phase runs it under `fast`; returns the key's kernel and the phase's
-/// record.
-fn calibrate_with_fast_assignment(
-    fast: Option<LinearKernel>,
+/// phase runs it under a trial `fast(kernel, native attention)` accepts;
+/// returns the key's kernel and the phase's record.
+fn calibrate_with_fast_trial(
+    fast: impl Fn(Option<LinearKernel>, bool) -> bool,
     threads: i32,
 ) -> (LinearKernel, LinearKernel, StepChoice) {
     let opts = (Kind::Float, Device::Cpu);
@@ -230,7 +232,11 @@ fn calibrate_with_fast_assignment(
     let x = Tensor::randn([3, 5], opts);
     let k = cpu_key(29, 5, 3, threads);
     calibrate_kernels(|| {
-        if SCOPE.with(Cell::get) != Scope::Confirming(fast) {
+        let fast_step = match SCOPE.with(Cell::get) {
+            Scope::Confirming(kernel, native) => fast(kernel, native),
+            _ => false,
+        };
+        if !fast_step {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let _y = small_batch_linear(&x, &w, None, k)?;
@@ -257,7 +263,8 @@ fn the_whole_step_phase_keeps_the_assignment_with_the_fastest_step() {
         return; // DAMRO_LINEAR_KERNEL pins a kernel: nothing is calibrated.
     }
     // One kernel for every call wins: it replaces the per-call winner.
-    let (kernel, _, step) = calibrate_with_fast_assignment(Some(LinearKernel::WeightLeft), -9);
+    let fast = Some(LinearKernel::WeightLeft);
+    let (kernel, _, step) = calibrate_with_fast_trial(|k, _| k == fast, -9);
     assert_eq!(kernel, LinearKernel::WeightLeft);
     assert_eq!(step.kernel, Some(LinearKernel::WeightLeft));
     assert_eq!(step.rows, 3);
@@ -274,7 +281,28 @@ fn the_whole_step_phase_keeps_the_assignment_with_the_fastest_step() {
             .all(|&(a, t)| (a == step.kernel) == (t == fastest))
     );
     // The per-call choices win: the key keeps its per-call winner.
-    let (kernel, per_call, step) = calibrate_with_fast_assignment(None, -11);
+    let (kernel, per_call, step) = calibrate_with_fast_trial(|k, _| k.is_none(), -11);
     assert_eq!(step.kernel, None);
     assert_eq!(kernel, per_call);
+}
+
+#[test]
+fn the_whole_step_phase_keeps_the_faster_attention() {
+    if linear_policy().unwrap() != LinearPolicy::Calibrate {
+        return; // DAMRO_LINEAR_KERNEL pins a kernel: nothing is calibrated.
+    }
+    let offered = crate::attention::decode_attention_available(Kind::Float, Device::Cpu);
+    for (slow_native, threads) in [(true, -13), (false, -15)] {
+        let (_, _, step) = calibrate_with_fast_trial(|_, native| native != slow_native, threads);
+        let chosen = lock().attention.get(&(3, threads)).copied();
+        if !offered {
+            assert!(step.attention_seconds.is_empty() && step.native_attention.is_none());
+            assert_eq!(chosen, None);
+            continue;
+        }
+        assert_eq!(step.native_attention, Some(!slow_native), "{step:?}");
+        assert_eq!(chosen, Some(!slow_native));
+        let times: Vec<bool> = step.attention_seconds.iter().map(|s| s.0).collect();
+        assert_eq!(times, [true, false]);
+    }
 }

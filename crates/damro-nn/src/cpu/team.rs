@@ -24,7 +24,7 @@ type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u3
 type Query = unsafe extern "C" fn() -> i32;
 
 /// The OpenMP runtime libtorch runs on.
-pub(super) struct Team {
+pub(crate) struct Team {
     parallel: Parallel,
     thread_num: Query,
     num_threads: Query,
@@ -56,7 +56,7 @@ extern "C" fn enter(data: *mut c_void) {
 
 impl Team {
     /// libtorch's OpenMP runtime, if one is loaded.
-    pub(super) fn get() -> Option<&'static Team> {
+    pub(crate) fn get() -> Option<&'static Team> {
         static TEAM: OnceLock<Option<Team>> = OnceLock::new();
         TEAM.get_or_init(lookup).as_ref()
     }
@@ -65,7 +65,7 @@ impl Team {
     /// `threads` threads, the calling thread among them, and returns once
     /// all have finished; `false` when one of them panicked. Inside another
     /// parallel region the team is the calling thread alone.
-    pub(super) fn run(&self, threads: usize, work: &(dyn Fn(usize, usize) + Sync)) -> bool {
+    pub(crate) fn run(&self, threads: usize, work: &(dyn Fn(usize, usize) + Sync)) -> bool {
         let region = Region {
             work,
             team: self,
