@@ -12,7 +12,8 @@
 //! ([`LogitsAt`]), never for a whole prefill unless requested.
 
 use damro_nn::attention::{
-    AttentionImpl, AttentionOptions, attention_with, decode_attention, merge_heads, split_heads,
+    AttentionImpl, AttentionOptions, attend_rows, attention_with, decode_attention, merge_heads,
+    split_heads,
 };
 use damro_nn::{Activation, Embedding, Linear, Module, RmsNorm, Weights, linear_kernel};
 use tch::{Kind, Tensor};
@@ -184,46 +185,6 @@ impl Attention {
         };
         Ok(self.o_proj.forward(&merge_heads(&out)?)?)
     }
-}
-
-/// Attention of a left-padded decode step one row at a time, each row over
-/// its own run of real keys `first[row]..` (no mask). On the CPU attention
-/// at one query per row streams the cached keys and values from memory, so
-/// skipping a short row's padding (DAMRO's outlier branch: ~570 padded
-/// columns next to the full branch) saves more than the per-row calls cost.
-///
-/// # Shapes
-/// q `[batch, heads, 1, d]`, k and v `[batch, kv_heads, len, d]` →
-/// `[batch, heads, 1, d]`
-fn attend_rows(
-    implementation: AttentionImpl,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    first: &[i64],
-    opts: AttentionOptions<'_>,
-) -> Result<Tensor> {
-    let total = k.size()[2];
-    let opts = AttentionOptions { mask: None, ..opts };
-    let rows = first
-        .iter()
-        .enumerate()
-        .map(|(row, &from)| {
-            let row = row as i64;
-            let keys = |t: &Tensor| -> Result<Tensor> {
-                Ok(t.f_narrow(0, row, 1)?.f_narrow(2, from, total - from)?)
-            };
-            let q = q.f_narrow(0, row, 1)?;
-            Ok(attention_with(
-                implementation,
-                &q,
-                &keys(k)?,
-                &keys(v)?,
-                opts,
-            )?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::f_cat(&rows, 0)?)
 }
 
 /// What every layer of one step shares.

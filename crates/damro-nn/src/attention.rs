@@ -108,6 +108,51 @@ pub fn attention_with(
     }
 }
 
+/// Attention of a left-padded decode step one row at a time, each row over
+/// its own run of real keys `first[row]..` (no mask): libtorch's way to
+/// skip the padding, at one call per row. On the CPU attention at one
+/// query per row streams the cached keys and values from memory, so
+/// skipping a short row's padding (DAMRO's outlier branch: ~570 padded
+/// columns next to the full branch) saves more than the per-row calls
+/// cost; [`decode_attention`] does the same in one call.
+///
+/// # Shapes
+/// q `[batch, heads, 1, d]`, k and v `[batch, kv_heads, len, d]` →
+/// `[batch, heads, 1, d]`
+pub fn attend_rows(
+    implementation: AttentionImpl,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first: &[i64],
+    opts: AttentionOptions<'_>,
+) -> Result<Tensor> {
+    let total = k.size().get(2).copied().unwrap_or(0);
+    if first.len() as i64 != q.size().first().copied().unwrap_or(0)
+        || first.iter().any(|&f| !(0..total).contains(&f))
+    {
+        return Err(Error::shape(
+            "attend_rows row starts",
+            format!("one per row of q {:?}, in 0..{total}", q.size()),
+            first,
+        ));
+    }
+    let opts = AttentionOptions { mask: None, ..opts };
+    let rows = first
+        .iter()
+        .enumerate()
+        .map(|(row, &from)| {
+            let row = row as i64;
+            let keys = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.f_narrow(0, row, 1)?.f_narrow(2, from, total - from)?)
+            };
+            let q = q.f_narrow(0, row, 1)?;
+            attention_with(implementation, &q, &keys(k)?, &keys(v)?, opts)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::f_cat(&rows, 0)?)
+}
+
 /// Attention written out as HF's `eager_attention_forward` computes it:
 /// `w = (q kᵀ) * scale`, masked positions set to the dtype's lowest value
 /// (causal: above the diagonal, top-left aligned), `softmax(w)` in f32 cast
