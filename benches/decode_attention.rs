@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
         if native {
             // The three compute the same attention (to f32 rounding).
             let l = &layers[0];
-            let ours = decode_attention(&l.q, &l.k, &l.v, &first, scale).unwrap();
+            let ours = decode_attention(&l.q, &l.k, &l.v, &first, scale).expect("damro");
             let per_row = attend_rows(AttentionImpl::Sdpa, &l.q, &l.k, &l.v, &first, opts);
             let masked = attention(
                 &l.q,
@@ -103,14 +103,15 @@ fn bench(c: &mut Criterion) {
                     ..opts
                 },
             );
-            for other in [per_row.unwrap(), masked.unwrap()] {
+            for other in [per_row.expect("per row"), masked.expect("masked")] {
                 let err = (&ours - other).abs().max().double_value(&[]);
                 assert!(err < 1e-5, "{name}: {err}");
             }
             group.bench_function(format!("{name}/damro_decode"), |b| {
                 b.iter(|| {
                     for l in &layers {
-                        decode_attention(&l.q, &l.k, &l.v, &first, scale).unwrap();
+                        let _out =
+                            decode_attention(&l.q, &l.k, &l.v, &first, scale).expect("damro");
                     }
                 })
             });
@@ -118,7 +119,8 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}/sdpa_per_row"), |b| {
             b.iter(|| {
                 for l in &layers {
-                    attend_rows(AttentionImpl::Sdpa, &l.q, &l.k, &l.v, &first, opts).unwrap();
+                    let _out = attend_rows(AttentionImpl::Sdpa, &l.q, &l.k, &l.v, &first, opts)
+                        .expect("per row");
                 }
             })
         });
@@ -129,7 +131,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}/sdpa_masked"), |b| {
             b.iter(|| {
                 for l in &layers {
-                    attention(&l.q, &l.k, &l.v, masked).unwrap();
+                    let _out = attention(&l.q, &l.k, &l.v, masked).expect("masked");
                 }
             })
         });
