@@ -219,9 +219,10 @@ struct LayerContext<'a> {
 /// Left-padded decode steps ([`StepMask::Ranges`], e.g. DAMRO's two
 /// branches in one cache) get the cache's padding mask: on CUDA (and any
 /// device but the CPU) every row attends in one masked call, as one launch
-/// per row and layer would dominate the step; on the CPU the rows attend
-/// one at a time over their real keys ([`attend_rows`]) and the mask only
-/// serves attention capture. SDPA gets an additive mask in the model's
+/// per row and layer would dominate the step; on the CPU each row attends
+/// over its real keys alone (damro's decode kernel, every row in one call,
+/// or one SDPA call per row with [`attend_rows`], as the calibration chose)
+/// and the mask is built only for an attention capture. SDPA gets an additive mask in the model's
 /// dtype (0 or -inf), which libtorch would otherwise rebuild from a
 /// boolean one in every layer; the eager kernel keeps the boolean mask it
 /// fills with the dtype's lowest value, as transformers does.
