@@ -14,5 +14,10 @@ jobs="${CARGO_BUILD_JOBS:-2}"
 cargo build --workspace --examples -j"$jobs"
 OMP_NUM_THREADS=2 cargo test --workspace --all-targets -j"$jobs"
 OMP_NUM_THREADS=1 cargo test --workspace --all-targets -j"$jobs"
+# The decoder and the end-to-end parity tests again on pinned kernels (no
+# calibration): every decode step then attends with damro's own decode
+# kernel wherever the CPU offers it, which a calibrated run may not pick.
+DAMRO_LINEAR_KERNEL=linear cargo test -j"$jobs" -p damro-llm --test decoder --test fixtures_parity
+DAMRO_LINEAR_KERNEL=linear cargo test -j"$jobs" --test e2e_fixtures --test e2e_llava_next
 cargo test --workspace --doc -j"$jobs"
 bash scripts/check-cuda-link.sh

@@ -222,10 +222,11 @@ struct LayerContext<'a> {
 /// per row and layer would dominate the step; on the CPU each row attends
 /// over its real keys alone (damro's decode kernel, every row in one call,
 /// or one SDPA call per row with [`attend_rows`], as the calibration chose)
-/// and the mask is built only for an attention capture. SDPA gets an additive mask in the model's
-/// dtype (0 or -inf), which libtorch would otherwise rebuild from a
-/// boolean one in every layer; the eager kernel keeps the boolean mask it
-/// fills with the dtype's lowest value, as transformers does.
+/// and the mask is built only for an attention capture. SDPA gets an
+/// additive mask in the model's dtype (0 or -inf), which libtorch would
+/// otherwise rebuild from a boolean one in every layer; the eager kernel
+/// keeps the boolean mask it fills with the dtype's lowest value, as
+/// transformers does.
 ///
 /// # Shapes
 /// → `[batch, 1, step, start + step]` (`None` when no mask applies)
