@@ -94,20 +94,28 @@ pub(super) fn linear_on(
     }
     let (x, weight) = (x.f_contiguous()?, weight.f_contiguous()?);
     let bias = bias.map(Tensor::f_contiguous).transpose()?;
-    // Output transposed, `[out, rows]`, so threads own contiguous blocks.
-    let yt = Tensor::f_empty([out, rows], (Kind::Float, Device::Cpu))?;
+    // Written in place, `[rows, out]`: threads own column blocks. (Writing
+    // `[out, rows]` and transposing afterwards cost a copy that, for the
+    // 8-row lm_head of the issue-17 model, took 1.3 ms on an AMD EPYC Zen 3,
+    // a quarter of the kernel.)
+    let y = Tensor::f_empty([rows, out], (Kind::Float, Device::Cpu))?;
     let (rows, out, inp) = (rows as usize, out as usize, inp as usize);
-    // SAFETY: the four tensors are contiguous f32 CPU tensors of exactly
-    // these element counts (checked above), alive until the end of this
-    // function; `yt` is new and aliases none of the inputs.
-    let (xs, ws, bs, ys) = unsafe {
+    // SAFETY: the three input tensors are contiguous f32 CPU tensors of
+    // exactly these element counts (checked above), alive until the end of
+    // this function.
+    let (xs, ws, bs) = unsafe {
         (
             std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * inp),
             std::slice::from_raw_parts(weight.data_ptr() as *const f32, out * inp),
             bias.as_ref()
                 .map(|b| std::slice::from_raw_parts(b.data_ptr() as *const f32, out)),
-            std::slice::from_raw_parts_mut(yt.data_ptr() as *mut f32, out * rows),
         )
+    };
+    // `y` is new, contiguous, `[rows, out]`, alive until the end of this
+    // function, and aliases none of the inputs.
+    let output = Output {
+        ptr: y.data_ptr() as *mut f32,
+        stride: out,
     };
     let problem = Problem {
         x: xs,
@@ -129,19 +137,17 @@ pub(super) fn linear_on(
     // Threads own blocks of whole 4-row groups, the last one the rest, so
     // every output is summed in the same order for any thread count.
     let block_rows = |threads: usize| out.div_ceil(threads).div_ceil(4) * 4;
+    // SAFETY (every `run` below): the columns `start..end` of the output
+    // belong to one thread alone, and the output outlives every thread
+    // (`Team::run` and the thread scope return after all of them).
     match team {
-        _ if threads == 1 => problem.run(isa, 0, ys),
+        _ if threads == 1 => unsafe { problem.run(isa, 0..out, output) },
         Some(team) => {
-            let output = SharedOutput(ys.as_mut_ptr());
             let work = |t: usize, n: usize| {
                 let per = block_rows(n);
                 let (start, end) = ((t * per).min(out), ((t + 1) * per).min(out));
                 if start < end {
-                    // SAFETY: rows `start..end` of the `[out, rows]` output
-                    // belong to thread `t` alone, and the output outlives
-                    // the region (`Team::run` returns after every thread).
-                    let block = unsafe { output.rows(start, end, rows) };
-                    problem.run(isa, start, block);
+                    unsafe { problem.run(isa, start..end, output) };
                 }
             };
             if !team.run(threads, &work) {
@@ -154,48 +160,41 @@ pub(super) fn linear_on(
         None => {
             let per = block_rows(threads);
             std::thread::scope(|s| {
-                let mut rest = ys;
-                let mut start = 0;
-                let mut mine = None;
-                while !rest.is_empty() {
-                    let n = per.min(out - start);
-                    let (block, tail) = rest.split_at_mut(n * rows);
-                    rest = tail;
-                    if mine.is_none() {
-                        mine = Some((start, block));
-                    } else {
-                        let p = &problem;
-                        s.spawn(move || p.run(isa, start, block));
-                    }
-                    start += n;
+                let p = &problem;
+                for start in (per..out).step_by(per) {
+                    let end = (start + per).min(out);
+                    s.spawn(move || unsafe { p.run(isa, start..end, output) });
                 }
-                if let Some((start, block)) = mine {
-                    problem.run(isa, start, block);
-                }
+                unsafe { problem.run(isa, 0..per.min(out), output) };
             });
         }
     }
-    Ok(yt.f_transpose(0, 1)?.f_contiguous()?)
+    Ok(y)
 }
 
-/// The output's base pointer, shared by the threads of a parallel region
-/// that each write their own rows.
+/// The `[rows, out]` output's base pointer and row stride, shared by the
+/// threads of a parallel region, each of which writes its own columns.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+struct Output {
+    ptr: *mut f32,
+    stride: usize,
+}
 
-// SAFETY: the threads write disjoint rows ([`SharedOutput::rows`]).
-unsafe impl Sync for SharedOutput {}
+// SAFETY: the threads write disjoint elements (each its own columns), and
+// nothing reads the output before they have all finished.
+unsafe impl Sync for Output {}
+unsafe impl Send for Output {}
 
-impl SharedOutput {
-    /// Rows `start..end` of a `[_, rows]` output.
+impl Output {
+    /// Writes element `(r, o)`.
     ///
     /// # Safety
-    /// The rows must be inside the output and no other thread may use them
-    /// while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn rows(&self, start: usize, end: usize, rows: usize) -> &mut [f32] {
+    /// `(r, o)` must be inside the output and no other thread may access it
+    /// while the region runs.
+    #[inline(always)]
+    unsafe fn write(self, r: usize, o: usize, v: f32) {
         // SAFETY: as the caller promises.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start * rows), (end - start) * rows) }
+        unsafe { *self.ptr.add(r * self.stride + o) = v }
     }
 }
 
@@ -212,22 +211,26 @@ struct Problem<'a> {
 }
 
 impl Problem<'_> {
-    /// Fills `yt` (`[n, rows]`) with outputs `o0..o0 + n`.
-    fn run(&self, isa: Isa, o0: usize, yt: &mut [f32]) {
+    /// Fills the output's columns `cols` (outputs `cols`, every row).
+    ///
+    /// # Safety
+    /// `output` must be a `[rows, out]` output with `cols` inside it, whose
+    /// columns `cols` no other thread accesses while this runs.
+    unsafe fn run(&self, isa: Isa, cols: std::ops::Range<usize>, output: Output) {
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: `isa` came from `isa()`, which checked that the CPU
-            // has these features.
+            // has these features; the output as the caller promises.
             unsafe {
                 match isa {
-                    Isa::Avx512 => x86::run_avx512(self, o0, yt),
-                    Isa::Avx2 => x86::run_avx2(self, o0, yt),
+                    Isa::Avx512 => x86::run_avx512(self, cols, output),
+                    Isa::Avx2 => x86::run_avx2(self, cols, output),
                 }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (isa, o0, yt);
+            let _ = (isa, cols, output);
             unreachable!("no instruction set is detected off x86-64");
         }
     }
@@ -252,7 +255,7 @@ impl Problem<'_> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Problem;
+    use super::{Output, Problem};
     use crate::cpu::x86::hsum256;
 
     /// One run function per instruction set. Up to three input rows: one
@@ -272,21 +275,21 @@ mod x86 {
         ($run:ident, $block:ident, $feat:literal, $lanes:literal, $wb:literal, $u:expr,
          $zero:expr, $load:ident, $fma:ident, $add:ident, $hsum:expr) => {
             /// # Safety
-            /// The CPU must have the enabled features; `p` and `yt` as
+            /// The CPU must have the enabled features; `cols` and `y` as
             /// [`Problem::run`] describes.
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $run(p: &Problem<'_>, o0: usize, yt: &mut [f32]) {
-                let n = yt.len() / p.rows;
+            pub(super) unsafe fn $run(p: &Problem<'_>, cols: std::ops::Range<usize>, y: Output) {
+                let (o0, n) = (cols.start, cols.len());
                 // SAFETY (every block call): as for this function, with
                 // `o0 + o + WB <= out` and `r + RB <= rows`.
                 if p.rows < 4 {
                     for o in 0..n {
-                        let at = (o0 + o, (0, o));
+                        let go = o0 + o;
                         unsafe {
                             match p.rows {
-                                1 => $block::<1, 1, { $u.0 }, false>(p, at.0, at.1, yt),
-                                2 => $block::<1, 2, { $u.1 }, false>(p, at.0, at.1, yt),
-                                _ => $block::<1, 3, { $u.2 }, false>(p, at.0, at.1, yt),
+                                1 => $block::<1, 1, { $u.0 }, false>(p, go, 0, y),
+                                2 => $block::<1, 2, { $u.1 }, false>(p, go, 0, y),
+                                _ => $block::<1, 3, { $u.2 }, false>(p, go, 0, y),
                             }
                         }
                     }
@@ -298,17 +301,17 @@ mod x86 {
                     let mut r = 0;
                     while r < p.rows {
                         let rb = (p.rows - r).min(4);
-                        let (go, at) = (o0 + o, (r, o));
+                        let go = o0 + o;
                         unsafe {
                             match (wb, rb) {
-                                ($wb, 1) => $block::<$wb, 1, 1, true>(p, go, at, yt),
-                                ($wb, 2) => $block::<$wb, 2, 1, true>(p, go, at, yt),
-                                ($wb, 3) => $block::<$wb, 3, 1, true>(p, go, at, yt),
-                                ($wb, _) => $block::<$wb, 4, 1, true>(p, go, at, yt),
-                                (_, 1) => $block::<1, 1, 1, true>(p, go, at, yt),
-                                (_, 2) => $block::<1, 2, 1, true>(p, go, at, yt),
-                                (_, 3) => $block::<1, 3, 1, true>(p, go, at, yt),
-                                (_, _) => $block::<1, 4, 1, true>(p, go, at, yt),
+                                ($wb, 1) => $block::<$wb, 1, 1, true>(p, go, r, y),
+                                ($wb, 2) => $block::<$wb, 2, 1, true>(p, go, r, y),
+                                ($wb, 3) => $block::<$wb, 3, 1, true>(p, go, r, y),
+                                ($wb, _) => $block::<$wb, 4, 1, true>(p, go, r, y),
+                                (_, 1) => $block::<1, 1, 1, true>(p, go, r, y),
+                                (_, 2) => $block::<1, 2, 1, true>(p, go, r, y),
+                                (_, 3) => $block::<1, 3, 1, true>(p, go, r, y),
+                                (_, _) => $block::<1, 4, 1, true>(p, go, r, y),
                             }
                         }
                         r += rb;
@@ -317,18 +320,19 @@ mod x86 {
                 }
             }
 
-            /// Outputs `go..go + WB` for input rows `r..r + RB`, written at
-            /// `yt[(o + j) * rows + r + i]` (`at` = `(r, o)`); `k` unrolled
-            /// `U` times; `PF`: prefetch the next block's weight rows.
+            /// Outputs `go..go + WB` for input rows `r..r + RB`, written
+            /// into `y`; `k` unrolled `U` times; `PF`: prefetch the next
+            /// block's weight rows.
             ///
             /// # Safety
-            /// As the run function; `go + WB <= out`, `r + RB <= rows`.
+            /// As the run function; `go + WB <= out`, `r + RB <= rows`, the
+            /// columns `go..go + WB` of `y` the caller's own.
             #[target_feature(enable = $feat)]
             unsafe fn $block<const WB: usize, const RB: usize, const U: usize, const PF: bool>(
                 p: &Problem<'_>,
                 go: usize,
-                (r, o): (usize, usize),
-                yt: &mut [f32],
+                r: usize,
+                y: Output,
             ) {
                 let k = p.k;
                 // SAFETY: rows `go..go + WB <= out` of the `[out, k]`
@@ -392,7 +396,9 @@ mod x86 {
                         for accs in &acc[1..] {
                             v = $add(v, accs[j][i]);
                         }
-                        yt[(o + j) * p.rows + r + i] = p.finish(go + j, r + i, kk, $hsum(v));
+                        let v = p.finish(go + j, r + i, kk, $hsum(v));
+                        // SAFETY: inside the output, in the caller's columns.
+                        unsafe { y.write(r + i, go + j, v) };
                     }
                 }
             }
