@@ -48,6 +48,7 @@
 
 pub mod choice;
 pub mod contrastive;
+mod cpu_greedy;
 mod error;
 pub mod params;
 pub mod processors;

@@ -483,3 +483,111 @@ fn non_finite_logits_are_an_error_naming_the_branch() {
         assert!(damro.step(StepLogits::damro(&good, &good)).is_ok());
     }
 }
+
+/// Greedy steps on f32 CPU logits take the host path (two passes per
+/// row); the ids must be the tensor path's (scores, then the first
+/// maximum) for every contrast, with ties, tokens exactly at the cutoff
+/// and contrasts that overflow.
+#[test]
+fn the_host_greedy_path_equals_the_tensor_path() {
+    // e^-1: ln(beta) rounds to -1 in f32, so logits on a 0.5 grid land
+    // exactly on the cutoff.
+    let betas = [0.1, (-1.0f64).exp(), 1.0, 1e-3];
+    let mut cases = 0;
+    for (seed, &(batch, vocab)) in [(1, 1), (1, 2), (3, 17), (4, 32064), (8, 999)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 900 + 10 * seed as u64;
+        let (_, raw) = logits(batch, vocab, seed);
+        let (_, raw_o) = logits(batch, vocab, seed + 1);
+        // As they come, on a 0.5 grid (ties, tokens on the cutoff), and
+        // near f32's largest value (the contrast overflows to inf - inf).
+        let grids = [
+            (raw.shallow_clone(), raw_o.shallow_clone()),
+            ((&raw * 2).round() / 2, (&raw_o * 2).round() / 2),
+            (&raw * 3.3e37, &raw_o * 3.3e37),
+        ];
+        for (l, lo) in &grids {
+            for &beta in &betas {
+                for alpha in [0.0, 1.0, 2.0, 1.5] {
+                    let p = params(alpha, beta);
+                    for (contrast, second) in [
+                        (Contrast::Damro(p), Some(lo)),
+                        (Contrast::CutoffOnly(p), None),
+                        (Contrast::Plain, None),
+                    ] {
+                        let mut sampler = Sampler::new(contrast, TokenChoice::Greedy);
+                        let step = StepLogits {
+                            logits: l,
+                            outlier_logits: second,
+                            history: None,
+                        };
+                        let expected = greedy(&sampler.scores(step).unwrap()).unwrap();
+                        let ids = sampler.step(step).unwrap();
+                        assert!(
+                            ids.equal(&expected),
+                            "{contrast:?} batch {batch} vocab {vocab}: {ids:?} vs {expected:?}"
+                        );
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 5 * 3 * 4 * 4 * 3);
+    // The first token's contrast is inf - inf (NaN, so -inf); the second's
+    // is inf: the second wins on both paths.
+    let (l, lo) = (row(&[3e38, 3e38, 1.0]), row(&[3e38, 1.0, 1.0]));
+    let contrast = Contrast::Damro(params(2.0, 0.1));
+    let scores = Sampler::new(contrast, TokenChoice::Greedy)
+        .scores(StepLogits::damro(&l, &lo))
+        .unwrap();
+    assert_eq!(ids_to_vec(&greedy(&scores).unwrap()).unwrap(), [1]);
+    assert_eq!(greedy_ids(contrast, &l, Some(&lo)), [1]);
+    // A transposed (non-contiguous) input takes the tensor path: same ids.
+    let (_, l) = logits(50, 6, 990);
+    let (_, lo) = logits(50, 6, 991);
+    let (lt, lot) = (l.transpose(0, 1), lo.transpose(0, 1));
+    let contrast = Contrast::Damro(params(2.0, 0.1));
+    assert_eq!(
+        greedy_ids(contrast, &lt, Some(&lot)),
+        greedy_ids(contrast, &lt.contiguous(), Some(&lot.contiguous()))
+    );
+}
+
+/// The host path refuses non-finite logits as the tensor path does, naming
+/// the branch (the full one first).
+#[test]
+fn the_host_greedy_path_refuses_non_finite_logits() {
+    let (_, l) = logits(3, 100, 77);
+    let (_, lo) = logits(3, 100, 78);
+    let bad = l.copy();
+    let _ = bad.get(2).get(99).fill_(f64::NAN);
+    let bad_o = lo.copy();
+    let _ = bad_o.get(0).get(0).fill_(f64::NEG_INFINITY);
+    let p = params(2.0, 0.1);
+    let step = |contrast: Contrast, l: &Tensor, lo: Option<&Tensor>| {
+        let mut sampler = Sampler::new(contrast, TokenChoice::Greedy);
+        sampler.step(StepLogits {
+            logits: l,
+            outlier_logits: lo,
+            history: None,
+        })
+    };
+    for (l, lo, what) in [
+        (&bad, &lo, "logits"),
+        (&l, &bad_o, "outlier_logits"),
+        (&bad, &bad_o, "logits"),
+    ] {
+        let err = step(Contrast::Damro(p), l, Some(lo)).unwrap_err();
+        assert!(
+            matches!(err, Error::NonFiniteLogits { what: w } if w == what),
+            "{err:?}"
+        );
+    }
+    for contrast in [Contrast::Plain, Contrast::CutoffOnly(p)] {
+        let err = step(contrast, &bad, None).unwrap_err();
+        assert!(matches!(err, Error::NonFiniteLogits { what: "logits" }));
+    }
+}
