@@ -1,4 +1,4 @@
-//! Greedy decoding of f32 CPU logits by a few passes over each row on the
+//! Greedy decoding of CPU logits (f32, or f16/bf16 upcast) by a few passes over each row on the
 //! host, without libtorch kernels: the ids [`crate::Sampler::step`]
 //! computes with its tensor kernels, for a fraction of their cost.
 //!
@@ -22,6 +22,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::contrastive::upcast;
 use crate::{Contrast, Error, Result};
 
 /// What a row's scores are.
@@ -40,8 +41,8 @@ enum Rule {
 }
 
 /// The greedy ids `[batch]` (int64, CPU) of a step whose logits this path
-/// takes: f32, contiguous, on the CPU, shaped `[batch, vocab]`, neither
-/// empty, with the second branch's logits alike and of the
+/// takes: f32 (or f16/bf16, upcast first), on the CPU, contiguous once in
+/// f32, shaped `[batch, vocab]`, neither empty, with the second branch's logits alike and of the
 /// same shape exactly when the contrast has a second branch. `None` for
 /// anything else (the tensor path then answers, errors included).
 ///
@@ -66,6 +67,16 @@ pub(crate) fn greedy_ids(
         },
         _ => return Ok(None),
     };
+    // Half-precision logits are upcast first, as the tensor path does.
+    let on_cpu = |t: &Tensor| {
+        t.device() == Device::Cpu && matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16)
+    };
+    if !on_cpu(logits) || outlier_logits.is_some_and(|o| !on_cpu(o)) {
+        return Ok(None);
+    }
+    let logits = &upcast(logits)?;
+    let outlier_logits = outlier_logits.map(upcast).transpose()?;
+    let outlier_logits = outlier_logits.as_ref();
     let Some((batch, vocab)) = host_f32(logits) else {
         return Ok(None);
     };

@@ -119,11 +119,10 @@ impl Sampler {
 
     /// One decoding step: the chosen id of each row, on the logits' device.
     ///
-    /// A greedy step without processors on contiguous f32 CPU logits is
-    /// computed on the host in two passes per row instead of a dozen
-    /// libtorch kernels: the same ids and errors, for a fraction of the cost
-    /// (about 1.4 ms of a decoding step at 4 requests with DAMRO, 8 rows of
-    /// 32064 logits, on 2 cores).
+    /// A greedy step without processors on CPU logits (f32, or f16/bf16
+    /// upcast as everywhere here) is computed on the host by a few passes
+    /// over each row instead of a dozen libtorch kernels: the same ids and
+    /// errors, for a fraction of the cost (`BENCHMARKS.md`, sampler step).
     ///
     /// # Shapes
     /// See [`StepLogits`]; result `[batch]` int64.

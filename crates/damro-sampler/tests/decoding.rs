@@ -536,6 +536,27 @@ fn the_host_greedy_path_equals_the_tensor_path() {
         }
     }
     assert_eq!(cases, 5 * 3 * 4 * 4 * 3);
+    // Half-precision logits are upcast on both paths.
+    let (_, raw) = logits(3, 4001, 995);
+    let (_, raw_o) = logits(3, 4001, 996);
+    for kind in [Kind::Half, Kind::BFloat16] {
+        for (l, lo) in [
+            (raw.to_kind(kind), raw_o.to_kind(kind)),
+            (((&raw * 2).round() / 2).to_kind(kind), raw_o.to_kind(kind)),
+        ] {
+            for contrast in [Contrast::Damro(params(2.0, 0.1)), Contrast::Plain] {
+                let second = matches!(contrast, Contrast::Damro(_)).then_some(&lo);
+                let mut sampler = Sampler::new(contrast, TokenChoice::Greedy);
+                let step = StepLogits {
+                    logits: &l,
+                    outlier_logits: second,
+                    history: None,
+                };
+                let expected = greedy(&sampler.scores(step).unwrap()).unwrap();
+                assert!(sampler.step(step).unwrap().equal(&expected), "{kind:?}");
+            }
+        }
+    }
     // The first token's contrast is inf - inf (NaN, so -inf); the second's
     // is inf: the second wins on both paths.
     let (l, lo) = (row(&[3e38, 3e38, 1.0]), row(&[3e38, 1.0, 1.0]));
