@@ -121,7 +121,11 @@ pub(crate) fn greedy_ids(
 /// `(batch, vocab)` of a contiguous f32 CPU `[batch, vocab]` tensor with
 /// `batch > 0` and `vocab > 0` (an empty tensor may have no storage).
 fn host_f32(t: &Tensor) -> Option<(usize, usize)> {
-    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
+    // Sparse and oneDNN tensors have no strides to ask about.
+    if t.kind() != Kind::Float || t.device() != Device::Cpu || t.is_sparse() || t.is_mkldnn() {
+        return None;
+    }
+    if !t.is_contiguous() {
         return None;
     }
     match t.size()[..] {
@@ -225,4 +229,40 @@ fn first_max(a: &[f32], b: &[f32], score: impl Fn(f32, f32) -> f32) -> usize {
         .zip(&b[start..])
         .position(|(&x, &y)| score(x, y) == top)
         .map_or(0, |i| start + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DamroParams;
+
+    /// The path is taken where it should be (the integration tests compare
+    /// its ids with the tensor path's, which they cannot tell apart from a
+    /// declined call), and declined elsewhere.
+    #[test]
+    fn takes_cpu_float_logits_and_declines_the_rest() {
+        let l = Tensor::from_slice(&[1.0f32, 3.0, 2.0, 3.0, 0.0, 5.0]).view([2, 3]);
+        let damro = Contrast::Damro(DamroParams::new(1.0, 0.1).unwrap_or_else(|e| panic!("{e}")));
+        let taken = |c: &Contrast, l: &Tensor, o: Option<&Tensor>| {
+            greedy_ids(c, l, o)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|ids| Vec::<i64>::try_from(&ids).unwrap_or_else(|e| panic!("{e}")))
+        };
+        for kind in [Kind::Float, Kind::Half, Kind::BFloat16] {
+            let l = l.to_kind(kind);
+            assert_eq!(taken(&Contrast::Plain, &l, None), Some(vec![1, 2]));
+            let zeros = l.zeros_like();
+            assert_eq!(taken(&damro, &l, Some(&zeros)), Some(vec![1, 2]));
+        }
+        // f64, a transposed view, an empty batch, a missing or unexpected
+        // second branch: the tensor path's.
+        assert_eq!(
+            taken(&Contrast::Plain, &l.to_kind(Kind::Double), None),
+            None
+        );
+        assert_eq!(taken(&Contrast::Plain, &l.transpose(0, 1), None), None);
+        assert_eq!(taken(&Contrast::Plain, &l.narrow(0, 0, 0), None), None);
+        assert_eq!(taken(&damro, &l, None), None);
+        assert_eq!(taken(&Contrast::Plain, &l, Some(&l)), None);
+    }
 }

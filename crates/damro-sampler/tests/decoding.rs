@@ -566,6 +566,19 @@ fn the_host_greedy_path_equals_the_tensor_path() {
         .unwrap();
     assert_eq!(ids_to_vec(&greedy(&scores).unwrap()).unwrap(), [1]);
     assert_eq!(greedy_ids(contrast, &l, Some(&lo)), [1]);
+    // The best token in the tail after the last full lane group, and an
+    // f32 full branch with an f16 second one.
+    let (_, l) = logits(2, 21, 997);
+    let _ = l.get(0).get(20).fill_(50.0);
+    let _ = l.get(1).get(17).fill_(50.0);
+    let (_, lo) = logits(2, 21, 998);
+    let contrast = Contrast::Damro(params(2.0, 0.5));
+    let lo_half = lo.to_kind(Kind::Half);
+    let mut sampler = Sampler::new(contrast, TokenChoice::Greedy);
+    let step = StepLogits::damro(&l, &lo_half);
+    let expected = greedy(&sampler.scores(step).unwrap()).unwrap();
+    assert_eq!(ids_to_vec(&expected).unwrap(), [20, 17]);
+    assert!(sampler.step(step).unwrap().equal(&expected));
     // A transposed (non-contiguous) input takes the tensor path: same ids.
     let (_, l) = logits(50, 6, 990);
     let (_, lo) = logits(50, 6, 991);
@@ -596,8 +609,13 @@ fn the_host_greedy_path_refuses_non_finite_logits() {
             history: None,
         })
     };
+    let inf_full = l.copy();
+    let _ = inf_full.get(1).get(50).fill_(f64::INFINITY);
+    let half_bad = bad.to_kind(Kind::Half);
     for (l, lo, what) in [
         (&bad, &lo, "logits"),
+        (&inf_full, &lo, "logits"),
+        (&half_bad, &lo, "logits"),
         (&l, &bad_o, "outlier_logits"),
         (&bad, &bad_o, "logits"),
     ] {

@@ -123,12 +123,20 @@ fn the_native_kernel_matches_the_definition_on_every_block_shape() {
             }
         }
     }
-    // Split over threads (a weight of `PARALLEL_BYTES`), and a bad shape.
+    // Split over threads (a weight of `PARALLEL_BYTES`; 3 rows: one weight
+    // stream, 8: register blocks), and a bad shape.
     let w = Tensor::randn([1026, native::PARALLEL_BYTES as i64 / 4 / 1026 + 1], opts);
-    let x = Tensor::randn([3, w.size()[1]], opts);
-    let one = native::linear_with(best, 1, &x, &w, None).unwrap();
-    let three = native::linear_with(best, 3, &x, &w, None).unwrap();
-    assert!(one.equal(&three));
+    for rows in [3, 8] {
+        let x = Tensor::randn([rows, w.size()[1]], opts);
+        let one = native::linear_with(best, 1, &x, &w, None).unwrap();
+        let three = native::linear_with(best, 3, &x, &w, None).unwrap();
+        assert!(one.equal(&three), "rows {rows}");
+        let err = (one - x.linear(&w, None::<&Tensor>))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err < 1e-4, "rows {rows}: {err}");
+    }
     // The same split over threads of our own (no OpenMP team), above the
     // threshold for those.
     let w_big = Tensor::randn([1030, native::SPAWN_BYTES as i64 / 4 / 1030 + 1], opts);
@@ -140,12 +148,7 @@ fn the_native_kernel_matches_the_definition_on_every_block_shape() {
         .max()
         .double_value(&[]);
     assert!(err < 1e-3, "{err}");
-    let err = (one - x.linear(&w, None::<&Tensor>))
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert!(err < 1e-4, "{err}");
-    assert!(native::linear_with(best, 1, &x, &w.tr(), None).is_err());
+    assert!(native::linear_with(best, 1, &x_big, &w.tr(), None).is_err());
 }
 
 #[test]
