@@ -484,10 +484,9 @@ fn non_finite_logits_are_an_error_naming_the_branch() {
     }
 }
 
-/// Greedy steps on f32 CPU logits take the host path (two passes per
-/// row); the ids must be the tensor path's (scores, then the first
-/// maximum) for every contrast, with ties, tokens exactly at the cutoff
-/// and contrasts that overflow.
+/// Greedy steps on CPU logits take the host path; the ids must be the
+/// tensor path's (scores, then the first maximum) for every contrast, with
+/// ties, tokens exactly at the cutoff and contrasts that overflow.
 #[test]
 fn the_host_greedy_path_equals_the_tensor_path() {
     // e^-1: ln(beta) rounds to -1 in f32, so logits on a 0.5 grid land
